@@ -1,0 +1,96 @@
+"""Default config: the built-in synthetic talking-face set, sized for a 2-core CPU.
+
+Usage: ``ppfer-jax run`` (this file is the default) or
+``ppfer-jax run --config configs/synthetic.py:tiny`` for the test-size variant.
+Architectures are the paper's families at reduced width/resolution; where a value
+differs from the paper's, the paper's value is written beside it.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    size = arg or "default"
+    if size not in ("default", "tiny"):
+        raise ValueError(f"configs/synthetic.py takes arg 'default' or 'tiny', got {arg!r}")
+    tiny = size == "tiny"
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dtype = "float32"  # compute dtype; params stay float32 ("bfloat16" on accelerators)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "synthetic"
+    c.data.num_identities = 6 if tiny else 12  # paper (CREMA-D): 91 actors
+    c.data.num_wild_identities = 6 if tiny else 12  # DFEW stand-in, disjoint people
+    c.data.clips_per_identity_train = 12 if tiny else 24
+    c.data.clips_per_identity_test = 6 if tiny else 12
+    c.data.clips_per_identity_wild = 12 if tiny else 24
+    c.data.num_frames = 4 if tiny else 8  # paper: 16
+    c.data.image_size = 32  # paper: 112
+    c.data.num_expressions = 6  # anger, disgust, fear, happy, neutral, sad (CREMA-D)
+
+    c.wavelet = ml_collections.ConfigDict()
+    c.wavelet.name = "haar"  # paper: Haar
+    c.wavelet.mode = "symmetric"
+    c.wavelet.spatiotemporal = False  # paper: per-frame 2-D transform
+
+    width = 8 if tiny else 16
+    cls_width = 8  # ResNet/R3D widths: 8 keeps the whole default run within 10 min on 2 CPU cores
+    c.model = ml_collections.ConfigDict()
+    # Privacy enhancers F_lpr / F_hpr. Paper: 64-1024 channel, depth-4 bilinear U-Net with a
+    # sigmoid head; a linear head can output LL's [0, 2] and the detail bands' [-1, 1].
+    c.model.enhancer_low = dict(name="unet", features=width, depth=3, head="linear", out_range=(0.0, 2.0))
+    c.model.enhancer_high = dict(name="unet", features=width, depth=3, head="linear", out_range=(-1.0, 1.0))
+    # Identity controllers C_lpr / C_hpr and validator V_pl. Paper: ResNet-50 at 112 px.
+    c.model.identity_controller = dict(name="resnet18", width=cls_width, small_input=True)
+    c.model.validator = dict(name="resnet18", width=cls_width, small_input=True)
+    # Expression controller C_fc. Paper: ResNet-50 trained on DFEW frames.
+    c.model.expression_controller = dict(name="resnet18", width=cls_width, small_input=True)
+    # Feature compensator F_fc. Paper: U-ViT-H/2 from ImageNet-256 weights.
+    c.model.compensator = dict(name="uvit", patch_size=4, embed_dim=32 if tiny else 64, depth=2 if tiny else 4,
+                               num_heads=2 if tiny else 4)
+    # Utility model F_u. Paper: R3D-18 (Kinetics-400 weights), width 64.
+    c.model.utility = dict(name="r3d_18", width=cls_width)
+    _method(c, tiny)
+    return c
+
+
+def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
+    """Sections of the PPFER stages: objective choices and each stage's schedule."""
+    c.rng_impl = "rbg"  # PRNG of every key: rbg inits/compiles much faster than threefry on CPU
+
+    c.privacy = ml_collections.ConfigDict()
+    # Algorithm 1's objective for the enhancers against the frozen band controllers:
+    # 'neg_ce' (paper: maximise CE, unbounded), 'entropy' (maximise predictive entropy),
+    # 'kl_uniform' (minimise KL(uniform || p)). See ppfer_jax/losses.py and the default's measurement below.
+    c.privacy.objective = "entropy"
+
+    c.compensation = ml_collections.ConfigDict()
+    # F_fc(G) = G + U-ViT(G) with U-ViT's output layer zero-initialised, so F_fc starts as the identity map.
+    # Paper: U-ViT-H/2 initialised from ImageNet-256 diffusion weights (no pretrained weights here).
+    c.compensation.residual = True
+
+    c.evaluate = ml_collections.ConfigDict()
+    c.evaluate.figure_clips = 2  # test clips shown in report.png (rows: original, low, high, G, C)
+
+    t = c.train = ml_collections.ConfigDict()
+    t.optimizer = "adam"  # paper: not stated (official code: Adam)
+    t.log_every = 10
+    t.checkpoint_every = 100  # also where an interrupted stage resumes from
+    t.eval_batch_size = 48 if tiny else 72
+
+    def stage(steps, batch_size, learning_rate, eval_every=None):
+        return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                                              eval_every=eval_every))
+
+    # Paper: epochs, batch sizes and learning rates are not stated for any stage.
+    # One random frame per clip per step for the frame classifiers; all T frames of each clip for the
+    # enhancers, the compensator and the utility model.
+    t.pretrain_identity = stage(20 if tiny else 300, 32 if tiny else 64, 2e-3)     # C_lpr, C_hpr, V_pl
+    t.pretrain_enhancer = stage(10 if tiny else 100, 4 if tiny else 8, 2e-3)       # F_lpr, F_hpr (L1)
+    t.pretrain_expression = stage(20 if tiny else 300, 32 if tiny else 64, 2e-3)   # C_fc on 'wild'
+    t.privacy = stage(10 if tiny else 150, 4 if tiny else 8, 1e-3, eval_every=5 if tiny else 25)  # Alg. 1
+    t.compensation = stage(10 if tiny else 150, 4 if tiny else 8, 1e-3)           # Alg. 2
+    t.utility = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)                # F_u on C
+    t.no_privacy = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)             # F_u on raw clips
+    t.adaptive_attack = stage(20 if tiny else 300, 32 if tiny else 64, 2e-3)      # fresh identity classifier

@@ -1,0 +1,1 @@
+"""Data sources for ppfer-jax: the built-in synthetic talking-face set (``synthetic``) and the real-data builders."""

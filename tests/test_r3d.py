@@ -1,0 +1,159 @@
+"""R3D-18: torchvision's sizes and strides, BatchNorm state handling, a training step, bf16."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from ppfer_jax.models.r3d import r3d_18
+
+# An 'rbg' key: XLA on CPU compiles a threefry init of ~60 parameter shapes about 5x slower.
+KEY = jax.random.key(0, impl="rbg")
+
+
+def num_elements(tree) -> int:
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def formula_value(leaf: str, shape: tuple) -> np.ndarray:
+    """A parameter or statistic as a fixed function of its indices, so torch can be given the same one.
+
+    Kernels are in flax layout (*spatial, in, out), scaled like a kaiming init. Same as test_resnet.py.
+    """
+    if leaf == "kernel":
+        grids = np.ogrid[tuple(slice(n) for n in shape)]
+        phase = 0.91 * grids[-1] + 1.73 * grids[-2] + sum(0.37 * (j + 1.6) * g for j, g in enumerate(grids[:-2]))
+        return (np.cos(phase) * math.sqrt(4.0 / math.prod(shape[:-1]))).astype(np.float32)
+    c = np.arange(shape[0])
+    values = {"bias": 0.1 * np.sin(1.1 * c), "scale": 1 + 0.1 * np.cos(0.7 * c),
+              "mean": 0.05 * np.cos(1.9 * c), "var": 1 + 0.2 * np.sin(0.5 * c) ** 2}
+    return values[leaf].astype(np.float32)
+
+
+def formula_input(shape: tuple) -> jax.Array:
+    grids = np.ogrid[tuple(slice(n) for n in shape)]
+    return jnp.asarray(np.sin(sum((0.3 + 0.41 * k) * g for k, g in enumerate(grids))), jnp.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_r3d():
+    """r3d_18 at width 8 on 4-frame 32 px clips, initialised once.
+
+    Comes with its jitted eval apply, so tests share one compilation.
+    """
+    model = r3d_18(5, width=8)
+    x = jax.random.uniform(jax.random.key(1, impl="rbg"), (4, 4, 32, 32, 3))
+    return model, jax.jit(model.init)(KEY, x), x, jax.jit(model.apply)
+
+
+def test_full_size_matches_torchvision_counts():
+    # Facts from the reference, measured on torchvision 0.29.1 r3d_18() (400 classes):
+    # sum(p.numel() for p in model.parameters()) and the running_mean + running_var buffer sizes.
+    shapes = jax.eval_shape(r3d_18(400).init, KEY, jnp.zeros((1, 4, 32, 32, 3)))
+    assert num_elements(shapes["params"]) == 33_371_472
+    assert num_elements(shapes["batch_stats"]) == 9_600
+
+
+def test_full_size_logits_match_torchvision():
+    # Facts from the reference: eval-mode logits of torchvision 0.29.1 r3d_18(num_classes=6) on CPU in
+    # float32, every tensor set by `formula_value` (torch layout = this layout transposed, names mapped
+    # as in r3d.py's docstring), input the NCTHW transpose of `formula_input((2, 5, 35, 29, 3))`.
+    # Odd sizes make wrong padding show: SAME padding moves these logits by 6e-3.
+    model = r3d_18(6)
+    x = formula_input((2, 5, 35, 29, 3))
+    shapes = jax.eval_shape(model.init, KEY, x)
+    variables = unflatten_dict({path: jnp.asarray(formula_value(path[-1], leaf.shape))
+                                for path, leaf in flatten_dict(shapes).items()})
+    logits = jax.jit(model.apply)(variables, x)
+    torchvision_logits = [[-0.014025, 0.062336, 0.061996, -0.012132, -0.071835, -0.045565],
+                          [-0.004900, 0.075541, 0.069081, -0.016641, -0.084455, -0.056547]]
+    np.testing.assert_allclose(logits, torchvision_logits, atol=1e-5)
+
+
+def test_stem_keeps_time_and_later_stages_halve_it():
+    model = r3d_18(10, width=8)
+    x = jnp.zeros((1, 8, 32, 32, 3))
+    shapes = jax.eval_shape(
+        lambda: model.init_with_output(KEY, x, capture_intermediates=True)[1])["intermediates"]
+    assert shapes["stem_conv"]["__call__"][0].shape == (1, 8, 16, 16, 8)
+    assert shapes["stage1_block1"]["__call__"][0].shape == (1, 8, 16, 16, 8)
+    assert shapes["stage2_block1"]["__call__"][0].shape == (1, 4, 8, 8, 16)
+    assert shapes["stage4_block1"]["__call__"][0].shape == (1, 1, 2, 2, 64)
+    params = jax.eval_shape(model.init, KEY, x)["params"]
+    assert params["stem_conv"]["kernel"].shape == (3, 7, 7, 3, 8)
+    assert "downsample_conv" not in params["stage1_block0"]
+    assert params["stage2_block0"]["downsample_conv"]["kernel"].shape == (1, 1, 1, 8, 16)
+
+
+def test_rejects_images_without_a_time_axis():
+    with pytest.raises(ValueError, match=r"\(B, T, H, W, C\)"):
+        r3d_18(5, width=8).init(KEY, jnp.zeros((2, 32, 32, 3)))
+
+
+def test_tiny_forward_and_batch_stats(tiny_r3d):
+    model, variables, x, eval_apply = tiny_r3d
+    logits, updates = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    assert logits.shape == (4, 5) and logits.dtype == jnp.float32
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    old_mean = variables["batch_stats"]["stem_bn"]["mean"]
+    assert not jnp.allclose(old_mean, updates["batch_stats"]["stem_bn"]["mean"])
+
+    # Eval mode reads running statistics: a clip's logits do not depend on the rest of its batch.
+    eval_logits = eval_apply(variables, x)
+    assert jnp.array_equal(eval_logits, eval_apply(variables, x))
+    other_batch = x.at[1:].set(2.0 * x[1:] + 1.0)
+    assert jnp.allclose(eval_apply(variables, other_batch)[0], eval_logits[0], atol=1e-5)
+
+
+def test_init_follows_torchvision_defaults(tiny_r3d):
+    params = tiny_r3d[1]["params"]
+    # Convs: kaiming normal with fan_out (27*64, not fan_in 27*32), gain sqrt(2); 55,296 samples.
+    conv = params["stage4_block0"]["conv1"]["kernel"]
+    assert conv.shape == (3, 3, 3, 32, 64)
+    assert abs(float(conv.std()) / math.sqrt(2 / (3 * 3 * 3 * 64)) - 1) < 0.03
+    # The video ResNet re-initialises fc as N(0, 0.01) with zero bias.
+    assert abs(float(params["head"]["kernel"].std()) / 0.01 - 1) < 0.2
+    assert jnp.array_equal(params["head"]["bias"], jnp.zeros(5))
+
+
+def test_jitted_steps_reduce_loss_on_a_fixed_batch(tiny_r3d):
+    model, variables, x, _ = tiny_r3d
+    labels = jnp.arange(x.shape[0]) % model.num_classes
+    optimizer = optax.sgd(0.1, momentum=0.9)
+
+    def loss_fn(params, batch_stats):
+        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                      mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, updates["batch_stats"]
+
+    @jax.jit
+    def step(params, batch_stats, opt_state):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    opt_state = optimizer.init(params)
+    losses = []  # each is the loss before that step's update
+    for _ in range(6):
+        params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_bfloat16_computes_in_bf16_with_float32_params(tiny_r3d):
+    f32_model, variables, x, f32_eval_apply = tiny_r3d
+    bf16_model = f32_model.clone(dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(bf16_model.init, KEY, x)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
+
+    logits, state = jax.jit(lambda v, x: bf16_model.apply(v, x, capture_intermediates=True))(variables, x)
+    assert logits.dtype == jnp.float32
+    assert state["intermediates"]["stem_conv"]["__call__"][0].dtype == jnp.bfloat16
+    assert jnp.allclose(logits, f32_eval_apply(variables, x), atol=0.1)

@@ -1,0 +1,192 @@
+"""2-D ResNet: torchvision's sizes and outputs, BatchNorm state handling, a training step, bf16."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from ppfer_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
+
+TINY = dict(width=8)
+# An 'rbg' key: XLA on CPU compiles a threefry init of ~60 parameter shapes about 5x slower.
+KEY = jax.random.key(0, impl="rbg")
+
+
+def num_elements(tree) -> int:
+    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def random_images(channels: int, size: int = 32, batch: int = 4) -> jax.Array:
+    return jax.random.uniform(jax.random.key(1, impl="rbg"), (batch, size, size, channels))
+
+
+def formula_value(leaf: str, shape: tuple) -> np.ndarray:
+    """A parameter or statistic as a fixed function of its indices, so torch can be given the same one.
+
+    Kernels are in flax layout (*spatial, in, out), scaled like a kaiming init.
+    """
+    if leaf == "kernel":
+        grids = np.ogrid[tuple(slice(n) for n in shape)]
+        phase = 0.91 * grids[-1] + 1.73 * grids[-2] + sum(0.37 * (j + 1.6) * g for j, g in enumerate(grids[:-2]))
+        return (np.cos(phase) * math.sqrt(4.0 / math.prod(shape[:-1]))).astype(np.float32)
+    c = np.arange(shape[0])
+    values = {"bias": 0.1 * np.sin(1.1 * c), "scale": 1 + 0.1 * np.cos(0.7 * c),
+              "mean": 0.05 * np.cos(1.9 * c), "var": 1 + 0.2 * np.sin(0.5 * c) ** 2}
+    return values[leaf].astype(np.float32)
+
+
+def formula_input(shape: tuple) -> jax.Array:
+    grids = np.ogrid[tuple(slice(n) for n in shape)]
+    return jnp.asarray(np.sin(sum((0.3 + 0.41 * k) * g for k, g in enumerate(grids))), jnp.float32)
+
+
+def formula_variables(model, x):
+    shapes = jax.eval_shape(model.init, KEY, x)
+    return unflatten_dict({path: jnp.asarray(formula_value(path[-1], leaf.shape))
+                           for path, leaf in flatten_dict(shapes).items()})
+
+
+# Facts from the reference, measured with torchvision 0.29.1 at 1000 classes:
+# sum(p.numel() for p in model.parameters()) and the running_mean + running_var buffer sizes.
+@pytest.mark.parametrize("constructor, num_params, num_running_stats", [
+    (resnet18, 11_689_512, 9_600),
+    (resnet34, 21_797_672, 17_024),
+    (resnet50, 25_557_032, 53_120),
+])
+def test_full_size_matches_torchvision_counts(constructor, num_params, num_running_stats):
+    shapes = jax.eval_shape(constructor(1000).init, KEY, jnp.zeros((1, 64, 64, 3)))
+    assert num_elements(shapes["params"]) == num_params
+    assert num_elements(shapes["batch_stats"]) == num_running_stats
+
+
+# Facts from the reference: eval-mode logits of torchvision 0.29.1 resnet18 / resnet50 (num_classes=6;
+# resnet50's conv1 rebuilt as Conv2d(9, 64, 7, 2, 3, bias=False) for a 9-channel input) on CPU in
+# float32, with every tensor set by `formula_value` (torch layout = this layout transposed, names
+# mapped as in resnet.py's docstring) and the NCHW transpose of `formula_input(shape)` as input.
+# Odd image sizes make wrong padding show; SAME padding, an unpadded max-pool or the stride on the
+# bottleneck's first 1x1 conv each move these logits by more than 7e-4.
+@pytest.mark.parametrize("constructor, shape, torchvision_logits", [
+    (resnet18, (2, 37, 41, 3), [[-0.033755, 0.004853, 0.011167, -0.017042, -0.027033, 0.014339],
+                                [-0.040414, 0.007891, 0.021555, -0.007328, -0.025498, 0.006509]]),
+    (resnet50, (2, 45, 33, 9), [[-0.015119, 0.053864, 0.052691, -0.015082, -0.066152, -0.035639],
+                                [-0.019210, 0.049259, 0.051130, -0.012394, -0.061291, -0.032360]]),
+])
+def test_full_size_logits_match_torchvision(constructor, shape, torchvision_logits):
+    model = constructor(6)
+    x = formula_input(shape)
+    logits = jax.jit(model.apply)(formula_variables(model, x), x)
+    np.testing.assert_allclose(logits, torchvision_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("small_input, reduction", [(False, 32), (True, 8)])
+def test_stage4_resolution_reflects_stem(small_input, reduction):
+    model = resnet18(10, small_input=small_input, **TINY)
+    x = jnp.zeros((1, 64, 64, 3))
+    shapes = jax.eval_shape(lambda: model.init_with_output(KEY, x, capture_intermediates=True)[1])
+    stage4 = shapes["intermediates"]["stage4_block1"]["__call__"][0]
+    assert stage4.shape == (1, 64 // reduction, 64 // reduction, 8 * 8)
+
+
+def test_small_input_changes_only_the_stem_kernel():
+    x = jnp.zeros((1, 32, 32, 3))
+    standard = jax.eval_shape(resnet18(10).init, KEY, x)["params"]
+    small = jax.eval_shape(resnet18(10, small_input=True).init, KEY, x)["params"]
+    assert num_elements(standard) - num_elements(small) == (7 * 7 - 3 * 3) * 3 * 64
+
+
+def test_bottleneck_names_and_projection_shapes():
+    shapes = jax.eval_shape(resnet50(10, **TINY).init, KEY, jnp.zeros((1, 32, 32, 3)))["params"]
+    # Stage 1 projects 8 -> 32 channels at stride 1; v1.5 puts stage 2's stride on the 3x3 conv.
+    assert shapes["stage1_block0"]["downsample_conv"]["kernel"].shape == (1, 1, 8, 32)
+    assert shapes["stage2_block0"]["conv2"]["kernel"].shape == (3, 3, 16, 16)
+    assert "downsample_conv" not in shapes["stage2_block1"]
+    assert shapes["head"]["kernel"].shape == (8 * 8 * 4, 10)
+
+
+def test_unknown_block_is_rejected():
+    with pytest.raises(ValueError, match="bottleneck"):
+        ResNet(stage_sizes=(1,), block="basci", num_classes=2).init(KEY, random_images(3))
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet18():
+    """resnet18 at width 8 on 9-channel (wavelet detail band) 32 px images, initialised once.
+
+    Comes with its jitted eval apply, so tests share one compilation.
+    """
+    model = resnet18(5, **TINY)
+    x = random_images(9)
+    return model, jax.jit(model.init)(KEY, x), x, jax.jit(model.apply)
+
+
+def test_tiny_forward_and_batch_stats(tiny_resnet18):
+    model, variables, x, eval_apply = tiny_resnet18
+    assert variables["params"]["stem_conv"]["kernel"].shape == (7, 7, 9, 8)
+    logits, updates = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    assert logits.shape == (4, 5) and logits.dtype == jnp.float32
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    old_mean = variables["batch_stats"]["stem_bn"]["mean"]
+    assert not jnp.allclose(old_mean, updates["batch_stats"]["stem_bn"]["mean"])
+
+    # Eval mode reads running statistics: a sample's logits do not depend on the rest of its batch.
+    eval_logits = eval_apply(variables, x)
+    assert jnp.array_equal(eval_logits, eval_apply(variables, x))
+    other_batch = x.at[1:].set(2.0 * x[1:] + 1.0)
+    assert jnp.allclose(eval_apply(variables, other_batch)[0], eval_logits[0], atol=1e-5)
+
+
+def test_init_follows_torchvision_defaults(tiny_resnet18):
+    params = tiny_resnet18[1]["params"]
+    # Convs: kaiming normal with fan_out (3*3*64, not fan_in 3*3*32), gain sqrt(2); 18,432 samples.
+    conv = params["stage4_block0"]["conv1"]["kernel"]
+    assert conv.shape == (3, 3, 32, 64)
+    assert abs(float(conv.std()) / math.sqrt(2 / (3 * 3 * 64)) - 1) < 0.03
+    assert jnp.array_equal(params["stage4_block1"]["bn2"]["scale"], jnp.ones(64))
+    # fc keeps torch's nn.Linear default: kernel and bias uniform in +-1/sqrt(fan_in).
+    bound = 1 / math.sqrt(64)
+    assert float(jnp.abs(params["head"]["kernel"]).max()) <= bound
+    assert float(jnp.abs(params["head"]["bias"]).max()) <= bound
+    assert float(jnp.abs(params["head"]["kernel"]).max()) > 0.9 * bound
+
+
+def test_jitted_steps_reduce_loss_on_a_fixed_batch(tiny_resnet18):
+    model, variables, x, _ = tiny_resnet18
+    labels = jnp.arange(x.shape[0]) % model.num_classes
+    optimizer = optax.adam(1e-2)
+
+    def loss_fn(params, batch_stats):
+        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                      mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, updates["batch_stats"]
+
+    @jax.jit
+    def step(params, batch_stats, opt_state):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    opt_state = optimizer.init(params)
+    losses = []  # each is the loss before that step's update
+    for _ in range(6):
+        params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_bfloat16_computes_in_bf16_with_float32_params(tiny_resnet18):
+    f32_model, variables, x, f32_eval_apply = tiny_resnet18
+    bf16_model = f32_model.clone(dtype=jnp.bfloat16)
+    shapes = jax.eval_shape(bf16_model.init, KEY, x)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(shapes))
+
+    logits, state = jax.jit(lambda v, x: bf16_model.apply(v, x, capture_intermediates=True))(variables, x)
+    assert logits.dtype == jnp.float32
+    assert state["intermediates"]["stem_conv"]["__call__"][0].dtype == jnp.bfloat16
+    assert jnp.allclose(logits, f32_eval_apply(variables, x), atol=0.1)
