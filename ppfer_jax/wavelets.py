@@ -71,8 +71,8 @@ def _dwt2(frames: jnp.ndarray, wavelet: str, mode: str) -> dict[str, jnp.ndarray
 
 
 def _idwt2(bands: dict[str, jnp.ndarray], wavelet: str) -> jnp.ndarray:
-    to_cf = lambda b: jnp.moveaxis(b, -1, -3)
-    coeffs = [to_cf(bands["aa"]), tuple(to_cf(bands[k]) for k in _SPATIAL_KEYS[1:])]
+    channels_first = {k: jnp.moveaxis(b, -1, -3) for k, b in bands.items()}
+    coeffs = [channels_first["aa"], tuple(channels_first[k] for k in _SPATIAL_KEYS[1:])]
     return jnp.moveaxis(jaxwt.waverec2(coeffs, wavelet), -3, -1)
 
 

@@ -14,7 +14,8 @@ def test_packaged_default_loads_and_overrides_apply():
 
 
 def test_config_arg_selects_variant():
-    assert load_config("configs/synthetic.py:tiny").data.num_frames < load_config("configs/synthetic.py").data.num_frames
+    tiny, default = load_config("configs/synthetic.py:tiny"), load_config("configs/synthetic.py")
+    assert tiny.data.num_frames < default.data.num_frames
     assert load_config("configs/cremad.py:224").data.image_size == 224
     with pytest.raises(ValueError, match="112 or 224"):
         load_config("configs/cremad.py:100")

@@ -7,47 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax.traverse_util import flatten_dict, unflatten_dict
+from classifier_helpers import KEY, formula_input, formula_variables, losses_over_steps, num_elements
 
 from ppfer_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
 
 TINY = dict(width=8)
-# An 'rbg' key: XLA on CPU compiles a threefry init of ~60 parameter shapes about 5x slower.
-KEY = jax.random.key(0, impl="rbg")
-
-
-def num_elements(tree) -> int:
-    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def random_images(channels: int, size: int = 32, batch: int = 4) -> jax.Array:
     return jax.random.uniform(jax.random.key(1, impl="rbg"), (batch, size, size, channels))
-
-
-def formula_value(leaf: str, shape: tuple) -> np.ndarray:
-    """A parameter or statistic as a fixed function of its indices, so torch can be given the same one.
-
-    Kernels are in flax layout (*spatial, in, out), scaled like a kaiming init.
-    """
-    if leaf == "kernel":
-        grids = np.ogrid[tuple(slice(n) for n in shape)]
-        phase = 0.91 * grids[-1] + 1.73 * grids[-2] + sum(0.37 * (j + 1.6) * g for j, g in enumerate(grids[:-2]))
-        return (np.cos(phase) * math.sqrt(4.0 / math.prod(shape[:-1]))).astype(np.float32)
-    c = np.arange(shape[0])
-    values = {"bias": 0.1 * np.sin(1.1 * c), "scale": 1 + 0.1 * np.cos(0.7 * c),
-              "mean": 0.05 * np.cos(1.9 * c), "var": 1 + 0.2 * np.sin(0.5 * c) ** 2}
-    return values[leaf].astype(np.float32)
-
-
-def formula_input(shape: tuple) -> jax.Array:
-    grids = np.ogrid[tuple(slice(n) for n in shape)]
-    return jnp.asarray(np.sin(sum((0.3 + 0.41 * k) * g for k, g in enumerate(grids))), jnp.float32)
-
-
-def formula_variables(model, x):
-    shapes = jax.eval_shape(model.init, KEY, x)
-    return unflatten_dict({path: jnp.asarray(formula_value(path[-1], leaf.shape))
-                           for path, leaf in flatten_dict(shapes).items()})
 
 
 # Facts from the reference, measured with torchvision 0.29.1 at 1000 classes:
@@ -156,27 +124,7 @@ def test_init_follows_torchvision_defaults(tiny_resnet18):
 
 def test_jitted_steps_reduce_loss_on_a_fixed_batch(tiny_resnet18):
     model, variables, x, _ = tiny_resnet18
-    labels = jnp.arange(x.shape[0]) % model.num_classes
-    optimizer = optax.adam(1e-2)
-
-    def loss_fn(params, batch_stats):
-        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                      mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, updates["batch_stats"]
-
-    @jax.jit
-    def step(params, batch_stats, opt_state):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    opt_state = optimizer.init(params)
-    losses = []  # each is the loss before that step's update
-    for _ in range(6):
-        params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
-        losses.append(float(loss))
+    losses = losses_over_steps(model, variables, x, optax.adam(1e-2))
     assert losses[-1] < 0.5 * losses[0]
 
 
