@@ -62,8 +62,14 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.privacy = ml_collections.ConfigDict()
     # Algorithm 1's objective for the enhancers against the frozen band controllers:
     # 'neg_ce' (paper: maximise CE, unbounded), 'entropy' (maximise predictive entropy),
-    # 'kl_uniform' (minimise KL(uniform || p)). See ppfer_jax/losses.py and the default's measurement below.
-    c.privacy.objective = "entropy"
+    # 'kl_uniform' (minimise KL(uniform || p)); see ppfer_jax/losses.py. Measured on this default config
+    # (150 Alg.-1 steps, the rest of the pipeline unchanged; PLR = frozen V_pl, adaptive = fresh attacker,
+    # chance 8.33%):   neg_ce  PLR 7.64%  adaptive 84.0%  (controller entropy -> 0: confident relabelling)
+    #                  entropy PLR 9.03%  adaptive 97.2%
+    #                  kl_uniform PLR 12.5% adaptive 98.6%
+    # The paper's 'neg_ce' is the default because it measured best on both; none of the three hides identity
+    # from an adaptive attacker here, and neg_ce's loss is unbounded (-414 after 150 steps; a NaN stops the run).
+    c.privacy.objective = "neg_ce"
 
     c.compensation = ml_collections.ConfigDict()
     # F_fc(G) = G + U-ViT(G) with U-ViT's output layer zero-initialised, so F_fc starts as the identity map.
@@ -86,11 +92,11 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     # Paper: epochs, batch sizes and learning rates are not stated for any stage.
     # One random frame per clip per step for the frame classifiers; all T frames of each clip for the
     # enhancers, the compensator and the utility model.
-    t.pretrain_identity = stage(20 if tiny else 300, 32 if tiny else 64, 2e-3)     # C_lpr, C_hpr, V_pl
+    t.pretrain_identity = stage(60 if tiny else 200, 32 if tiny else 64, 2e-3)     # C_lpr, C_hpr, V_pl
     t.pretrain_enhancer = stage(10 if tiny else 100, 4 if tiny else 8, 2e-3)       # F_lpr, F_hpr (L1)
-    t.pretrain_expression = stage(20 if tiny else 300, 32 if tiny else 64, 2e-3)   # C_fc on 'wild'
+    t.pretrain_expression = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)   # C_fc on 'wild'
     t.privacy = stage(10 if tiny else 150, 4 if tiny else 8, 1e-3, eval_every=5 if tiny else 25)  # Alg. 1
     t.compensation = stage(10 if tiny else 150, 4 if tiny else 8, 1e-3)           # Alg. 2
     t.utility = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)                # F_u on C
     t.no_privacy = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)             # F_u on raw clips
-    t.adaptive_attack = stage(20 if tiny else 300, 32 if tiny else 64, 2e-3)      # fresh identity classifier
+    t.adaptive_attack = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)      # fresh identity classifier

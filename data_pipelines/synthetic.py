@@ -48,7 +48,7 @@ _CLIP_ID_SPLIT_SHIFT = 40  # clip_id = split code << 40 | index: unique over the
 
 _DETAIL_EXTENT = 1.5  # the detail map covers face coordinates [-1.5, 1.5]^2
 _GRAIN_CELL = 0.1  # skin-grain lattice spacing in face units: about a pixel at 32 px
-_GRAIN_CELLS = int(round(2 * _DETAIL_EXTENT / _GRAIN_CELL))
+_GRAIN_CELLS = round(2 * _DETAIL_EXTENT / _GRAIN_CELL)
 _WRINKLE_HALF_WIDTH = 0.012
 _CREASE_HALF_WIDTH = 0.015
 _FEATURE_BOX = (0.85, -0.75, 1.0)  # |u| and v bounds of every feature drawn over the face
@@ -434,11 +434,10 @@ def _face_coordinates(traits: Traits, nuisance: Nuisance, image_size: int) -> _P
                  detail_texel=((u + _DETAIL_EXTENT) / texel, (v + _DETAIL_EXTENT) / texel))
 
 
-def _paint_face(traits: Traits, act: dict, pose: _Pose, detail: np.ndarray) -> np.ndarray:
+def _paint_face(person: Traits, act: dict, pose: _Pose, detail: np.ndarray) -> np.ndarray:
     """Paints the layers back to front in linear colour; returns float32 (3, T, H, W)."""
     u, v, pixel = pose.u, pose.v, pose.pixel
     side_u = np.abs(u)  # mirrored features (eyes, brows, ears, nostrils) are drawn once on |u|
-    person = traits
 
     def cover(distance):
         return np.clip(0.5 - distance / pixel, 0.0, 1.0)
@@ -447,14 +446,15 @@ def _paint_face(traits: Traits, act: dict, pose: _Pose, detail: np.ndarray) -> n
     image = np.broadcast_to(background, (3,) + u.shape).astype(np.float32)
 
     hair_colour = _planes(person.hair) * detail[3]
-    hair_outline = _ellipse_distance(u, v + 0.08, person.face_width + person.hair_volume, person.face_height + person.hair_volume)
+    hair_outline = _ellipse_distance(u, v + 0.08, person.face_width + person.hair_volume,
+                                     person.face_height + person.hair_volume)
     _paint(image, cover(np.maximum(hair_outline, v - person.hair_length)), hair_colour)
     _paint(image, cover(np.maximum(side_u - 0.42 * person.face_width, 0.3 - v)), person.skin * 0.78)  # neck
     ear = _ellipse_distance(side_u - 0.98 * person.face_width, v - person.eye_height - 0.08, 0.08, 0.16)
     _paint(image, cover(ear), person.skin * 0.9)
 
     jaw_width = person.face_width * (1.0 - person.jaw * np.clip(v, 0.0, 1.0) ** 2)
-    chin = np.where(v > 0, person.face_height + 0.1 * np.maximum(act["mouth_open"], 0.0), person.face_height)
+    chin = np.where(v > 0, person.face_height + 0.2 * np.maximum(act["mouth_open"], 0.0), person.face_height)
     roundness = 1.04 - 0.22 * ((u / person.face_width) ** 2 + (v / person.face_height) ** 2)
     _paint(image, cover(_ellipse_distance(u, v, jaw_width, chin)), _planes(person.skin) * detail[:3] * roundness)
 
@@ -506,9 +506,9 @@ def _paint_creases(image, person, act, side_u, v, cover):
 def _paint_brows(image, person, act, side_u, v, cover):
     inner, outer = person.eye_spacing - 0.9 * person.eye_width, person.eye_spacing + 1.1 * person.eye_width
     along = np.clip((side_u - inner) / (outer - inner), 0.0, 1.0)  # 0 at the inner end, 1 at the outer
-    centre_line = (person.eye_height - person.brow_gap - 0.16 * act["brow_raise"]
+    centre_line = (person.eye_height - person.brow_gap - 0.24 * act["brow_raise"]
                    - person.brow_arch * (1.0 - (2.0 * along - 1.0) ** 2)
-                   + act["brow_tilt"] * (0.10 * (1.0 - along) - 0.03 * along))
+                   + act["brow_tilt"] * (0.14 * (1.0 - along) - 0.04 * along))
     thickness = person.brow_thickness * (1.2 - 0.5 * along)
     brow = np.maximum(np.abs(v - centre_line) - thickness, np.abs(side_u - (inner + outer) / 2) - (outer - inner) / 2)
     _paint(image, cover(brow), person.hair * 0.55)
@@ -516,7 +516,7 @@ def _paint_brows(image, person, act, side_u, v, cover):
 
 def _paint_eyes(image, person, act, side_u, v, cover):
     eye_u, eye_v, width = side_u - person.eye_spacing, v - person.eye_height, person.eye_width
-    openness = np.clip(1.0 + 0.6 * act["eye_open"], 0.04, 1.7)
+    openness = np.clip(1.0 + 0.8 * act["eye_open"], 0.04, 2.0)
     socket = _ellipse_distance(eye_u, eye_v + 0.01, 1.5 * width, 0.9 * width)
     _paint(image, 0.2 * np.clip(-socket / (0.5 * width), 0.0, 1.0), person.skin * 0.75)  # soft shadow
     eye = _ellipse_distance(eye_u, eye_v, width, 0.5 * width * openness)
@@ -530,20 +530,22 @@ def _paint_eyes(image, person, act, side_u, v, cover):
 def _paint_nose(image, person, act, side_u, v, cover):
     wrinkle = np.clip(act["nose_wrinkle"], 0.0, 1.0)
     tip = person.eye_height + person.nose_length
-    flank = _segment_distance(side_u, v, 0.5 * person.nose_width, person.eye_height + 0.06, 1.05 * person.nose_width, tip - 0.04)
+    flank = _segment_distance(side_u, v, 0.5 * person.nose_width, person.eye_height + 0.06,
+                              1.05 * person.nose_width, tip - 0.04)
     _paint(image, 0.35 * cover(flank - 0.012), person.skin * 0.7)
-    nostril = _ellipse_distance(side_u - person.nose_width * (1.0 + 0.25 * wrinkle), v - tip + 0.03 * wrinkle, 0.035, 0.02)
+    nostril = _ellipse_distance(side_u - person.nose_width * (1.0 + 0.25 * wrinkle), v - tip + 0.03 * wrinkle,
+                                0.035, 0.02)
     _paint(image, 0.9 * cover(nostril), person.skin * 0.35)
     bridge_lines = np.minimum(np.abs(v - person.eye_height - 0.07), np.abs(v - person.eye_height - 0.11)) - 0.012
     _paint(image, 0.7 * wrinkle * cover(np.maximum(bridge_lines, side_u - 0.07)), person.skin * 0.6)
 
 
 def _paint_mouth(image, person, act, u, side_u, v, cover):
-    width = person.mouth_width * (1.0 + 0.3 * act["mouth_stretch"] + 0.15 * np.maximum(act["mouth_curve"], 0.0))
+    width = person.mouth_width * (1.0 + 0.4 * act["mouth_stretch"] + 0.15 * np.maximum(act["mouth_curve"], 0.0))
     across = (u / width) ** 2  # 0 at the middle, 1 at the corners
     inside = np.clip(1.0 - across, 0.0, 1.0)
-    centre_line = person.mouth_height - 0.12 * act["mouth_curve"] * across  # a smile lifts the corners
-    gap = 0.25 * np.maximum(act["mouth_open"], 0.0) * inside
+    centre_line = person.mouth_height - 0.18 * act["mouth_curve"] * across  # a smile lifts the corners
+    gap = 0.4 * np.maximum(act["mouth_open"], 0.0) * inside
     upper, lower = centre_line - 0.35 * gap, centre_line + 0.65 * gap
     beside = side_u - width
     lip = person.lip_thickness * np.sqrt(inside)
@@ -695,7 +697,7 @@ class SyntheticFaces:
 
     def __getitem__(self, index) -> dict:
         index = self._check_index(index)
-        identity, expression = self.labels(index)
+        identity, _ = self.labels(index)
         traits = identity_traits(self.spec, self.split, identity)
         return self._record(index, render_clip(traits, *self.clip_motion(index), self.spec.image_size))
 
@@ -758,6 +760,6 @@ def _check_split(split: str) -> str:
 
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}: expected an integer, got {value!r}")
+        raise ValueError(f"{name}: expected an integer, got {value!r}")  # noqa: TRY004 one error type per bad field
     if value < minimum:
         raise ValueError(f"{name}: expected at least {minimum}, got {value}")

@@ -59,8 +59,11 @@ def _parser() -> argparse.ArgumentParser:
 def _run(config, args) -> int:
     import time
 
+    from absl import logging as absl_logging
+
     from ppfer_jax import pipeline, report
 
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-restore read-only notices drown the progress
     start = time.perf_counter()
     try:
         result = pipeline.run(config, args.workdir, rerun=args.stage)

@@ -1,0 +1,568 @@
+"""The PPFER method as training stages: pretraining, Algorithm 1, Algorithm 2, utility, attacker.
+
+Each stage is a ``Stage`` (name, the networks it trains, the frozen networks it
+reads, a step builder, an eval builder). ``run_stage`` turns one into a
+``training.fit`` call. Upstream networks are loaded from their producing stage's
+best checkpoint (its latest when it selects none), stored in ``TrainState.frozen``
+and applied on the fly inside the jitted step: nothing is written to disk between
+stages and nothing frozen is ever an argument of ``grad``.
+
+Network names (``NETS``): c_low / c_high (identity controllers on the low / high
+wavelet band), v_pl (leakage validator on frames), c_fc (expression controller on
+frames), f_low / f_high (privacy enhancers, U-Net), f_fc (compensator, U-ViT),
+f_u (utility R3D on clips), attacker (a fresh identity classifier, V_pl's
+architecture, trained on compensated frames: the adaptive attack).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from data_pipelines import synthetic
+from data_pipelines.loader import iterate_once, make_iterator
+from ppfer_jax import losses, metrics, wavelets
+from ppfer_jax.models import build_model
+from ppfer_jax.parallel import global_batch, replicated
+from ppfer_jax.training import TrainState, abstract_state, fit, load_best
+
+NETS = ("c_low", "c_high", "v_pl", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: each split rendered once into memory (the synthetic set is procedural and small).
+
+
+class ArraySource:
+    """A grain random-access source over in-memory arrays of one split.
+
+    Fields: video uint8 (T, H, W, 3), identity, expression, and ``eval_frame``: a
+    fixed frame index per clip (drawn from the config seed) that every
+    one-frame-per-clip evaluation uses, so PLR rows see the same frames.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["identity"])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {name: value[index] for name, value in self.arrays.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _render(spec: synthetic.SyntheticSpec, split: str) -> ArraySource:
+    source = synthetic.SyntheticFaces(spec, split)
+    items = [source[i] for i in range(len(source))]
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, zlib.crc32(split.encode()), 7]))
+    return ArraySource({
+        "video": np.stack([item["video"] for item in items]),
+        "identity": np.asarray([item["identity"] for item in items], np.int32),
+        "expression": np.asarray([item["expression"] for item in items], np.int32),
+        "eval_frame": rng.integers(0, spec.num_frames, size=len(items)).astype(np.int32),
+    })
+
+
+def load_split(config, split: str) -> ArraySource:
+    if config.data.name != "synthetic":
+        raise ValueError(f"config data.name is {config.data.name!r}: this release trains on the built-in "
+                         f"'synthetic' set only (the CREMA-D/DFEW readers are not written yet)")
+    return _render(synthetic.spec_from_config(config), split)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Networks
+
+
+@dataclasses.dataclass(frozen=True)
+class Nets:
+    """The flax modules of every role, built from the config, and the pure functions chaining them."""
+
+    config: object
+
+    @functools.cached_property
+    def modules(self) -> dict:
+        c, m = self.config, self.config.model
+        ids, exprs = c.data.num_identities, c.data.num_expressions
+        high_channels = 3 * wavelets.num_high_bands(c.wavelet.spatiotemporal)
+        build = functools.partial(build_model, dtype=c.dtype)
+        return {
+            "c_low": build(m.identity_controller, num_classes=ids),
+            "c_high": build(m.identity_controller, num_classes=ids),
+            "v_pl": build(m.validator, num_classes=ids),
+            "attacker": build(m.validator, num_classes=ids),
+            "c_fc": build(m.expression_controller, num_classes=exprs),
+            "f_low": build(m.enhancer_low, out_channels=3),
+            "f_high": build(m.enhancer_high, out_channels=high_channels),
+            "f_fc": build(m.compensator, img_size=c.data.image_size, in_channels=3),
+            "f_u": build(m.utility, num_classes=exprs),
+        }
+
+    def dummy_input(self, name: str) -> jax.Array:
+        d = self.config.data
+        half = d.image_size // 2
+        high_channels = 3 * wavelets.num_high_bands(self.config.wavelet.spatiotemporal)
+        shapes = {"c_low": (1, half, half, 3), "f_low": (1, half, half, 3),
+                  "c_high": (1, half, half, high_channels), "f_high": (1, half, half, high_channels),
+                  "f_u": (1, d.num_frames, d.image_size, d.image_size, 3)}
+        return jnp.zeros(shapes.get(name, (1, d.image_size, d.image_size, 3)), jnp.float32)
+
+    def init(self, name: str, key: jax.Array) -> dict:
+        """Fresh variables {'params', 'batch_stats'} of one network."""
+        variables = dict(self.modules[name].init(key, self.dummy_input(name), train=False))
+        variables.setdefault("batch_stats", {})
+        if name == "f_fc" and self.config.compensation.residual:
+            variables["params"] = _zero_last_layer(variables["params"])
+        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+    # -- forward passes (eval mode unless said otherwise)
+
+    def apply(self, name: str, variables: dict, x: jax.Array) -> jax.Array:
+        return self.modules[name].apply(_vars(variables), x, train=False)
+
+    def apply_train(self, name: str, params, batch_stats, x: jax.Array):
+        """Training-mode forward: (output, new batch_stats)."""
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+            out, updates = self.modules[name].apply(variables, x, train=True, mutable=["batch_stats"])
+            return out, updates["batch_stats"]
+        return self.modules[name].apply(variables, x, train=True), batch_stats
+
+    def split(self, frames: jax.Array):
+        w = self.config.wavelet
+        return wavelets.split(frames, wavelet=w.name, mode=w.mode, spatiotemporal=False)
+
+    def merge(self, low: jax.Array, high: jax.Array) -> jax.Array:
+        return wavelets.merge(low, high, wavelet=self.config.wavelet.name, spatiotemporal=False)
+
+    def privatize(self, frozen: dict, frames: jax.Array) -> jax.Array:
+        """G = merge(F_lpr(low), F_hpr(high)) of float frames (..., H, W, 3), frame by frame."""
+        flat, lead = _flatten_frames(frames)
+        low, high = self.split(flat)
+        g = self.merge(self.apply("f_low", frozen["f_low"], low), self.apply("f_high", frozen["f_high"], high))
+        return g.reshape(lead + g.shape[1:])
+
+    def compensate(self, variables: dict, g: jax.Array) -> jax.Array:
+        """C = F_fc(G) frame by frame (G + U-ViT(G) when compensation.residual)."""
+        flat, lead = _flatten_frames(g)
+        out = self.apply("f_fc", variables, flat)
+        out = flat + out if self.config.compensation.residual else out
+        return out.reshape(lead + out.shape[1:])
+
+
+def _vars(variables: dict) -> dict:
+    return {k: v for k, v in variables.items() if k == "params" or v}
+
+
+def _flatten_frames(x: jax.Array):
+    return x.reshape((-1,) + x.shape[-3:]), x.shape[:-3]
+
+
+def _zero_last_layer(params: dict) -> dict:
+    """U-ViT with its output layer zeroed: the residual compensator starts as the identity map."""
+    last = "final_layer" if "final_layer" in params else "decoder_pred"
+    return {**params, last: jax.tree.map(jnp.zeros_like, params[last])}
+
+
+def to_float(video: jax.Array) -> jax.Array:
+    return video.astype(jnp.float32) / 255.0
+
+
+def pick_frames(video: jax.Array, index: jax.Array) -> jax.Array:
+    """video (B, T, ...) and one frame index per clip (B,) -> (B, ...)."""
+    return jnp.take_along_axis(video, index.reshape((-1,) + (1,) * (video.ndim - 1)), axis=1)[:, 0]
+
+
+def random_frames(rng: jax.Array, video: jax.Array) -> jax.Array:
+    return pick_frames(video, jax.random.randint(rng, (video.shape[0],), 0, video.shape[1]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One trained stage: its networks, the frozen ones it reads, and where each trained one starts from."""
+
+    name: str
+    train_key: str                 # section of config.train
+    trains: tuple[str, ...]
+    frozen: tuple[str, ...]
+    split: str                     # training split
+    step: Callable                 # (nets, config, tx) -> step_fn
+    evaluate: Callable             # (ctx) -> eval_fn(state) -> dict
+    select: tuple[str, str] | None = None
+    init_from: dict = dataclasses.field(default_factory=dict)  # trained net -> stage whose weights start it
+
+
+def producer(name: str) -> str:
+    """The stage whose weights a frozen network is loaded from."""
+    return {"c_low": "pretrain/identity", "c_high": "pretrain/identity", "v_pl": "pretrain/identity",
+            "c_fc": "pretrain/expression", "f_low": "s1/privacy", "f_high": "s1/privacy",
+            "f_fc": "s2/compensation", "f_u": "s3/utility", "attacker": "attack/adaptive"}[name]
+
+
+def _optimizer(config, section) -> optax.GradientTransformation:
+    if config.train.optimizer != "adam":
+        raise ValueError(f"config train.optimizer: only 'adam' is implemented, got {config.train.optimizer!r}")
+    return optax.adam(section.learning_rate)
+
+
+def _step(loss_fn):
+    """A step builder from a loss builder: ``loss_fn(nets, config)(params, batch_stats, frozen, batch, rng)``
+    returns (loss, (metrics, new_batch_stats)). Only ``params`` (the trained networks) is differentiated;
+    ``frozen`` is read, never an argument of grad."""
+
+    def make(nets, config, tx):
+        def step(state, batch, rng):
+            (loss, (logs, batch_stats)), grads = jax.value_and_grad(loss_fn(nets, config), has_aux=True)(
+                state.params, state.batch_stats, state.frozen, batch, rng)
+            return state.apply_gradients(grads=grads, tx=tx, batch_stats=batch_stats), {"loss": loss, **logs}
+        return step
+    return make
+
+
+# -- pretrain/identity: C_lpr, C_hpr, V_pl on identity
+
+
+def _identity_loss(nets, config):
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        frame = random_frames(rng, to_float(batch["video"]))
+        low, high = nets.split(frame)
+        labels, total, logs, new_stats = batch["identity"], 0.0, {}, {}
+        for name, x in (("c_low", low), ("c_high", high), ("v_pl", frame)):
+            logits, new_stats[name] = nets.apply_train(name, params[name], batch_stats[name], x)
+            loss = losses.cross_entropy(logits, labels)
+            total += loss
+            logs[f"{name}_acc"] = metrics.accuracy(logits, labels)
+        return total, (logs, new_stats)
+    return loss_fn
+
+
+def _identity_eval(ctx):
+    nets = ctx.nets
+
+    def counts(state, batch):
+        frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
+        low, high = nets.split(frame)
+        out = {}
+        for name, x in (("c_low", low), ("c_high", high), ("v_pl", frame)):
+            logits = nets.apply(name, _net(state, name), x)
+            out[f"{name}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
+        return out
+    return ctx.evaluator(counts, "test")
+
+
+# -- pretrain/enhancer: U-Nets reconstruct their band (L1)
+
+
+def _enhancer_loss(nets, config):
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        frames, _ = _flatten_frames(to_float(batch["video"]))
+        low, high = nets.split(frames)
+        new_stats, logs, total = {}, {}, 0.0
+        for name, band in (("f_low", low), ("f_high", high)):
+            out, new_stats[name] = nets.apply_train(name, params[name], batch_stats[name], band)
+            logs[f"{name}_l1"] = losses.l1(out, band)
+            total += logs[f"{name}_l1"]
+        return total, (logs, new_stats)
+    return loss_fn
+
+
+def _enhancer_eval(ctx):
+    nets = ctx.nets
+
+    def counts(state, batch):
+        frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
+        low, high = nets.split(frame)
+        m = batch["mask"].astype(jnp.float32)
+        out = {}
+        for name, band in (("f_low", low), ("f_high", high)):
+            err = jnp.mean(jnp.abs(nets.apply(name, _net(state, name), band) - band), axis=(1, 2, 3))
+            out[f"{name}_l1"] = {"correct": jnp.sum(err * m), "total": jnp.sum(m)}
+        return out
+    return ctx.evaluator(counts, "test")
+
+
+# -- pretrain/expression: C_fc on frames of the disjoint 'wild' people
+
+
+def _expression_loss(nets, config):
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        frame = random_frames(rng, to_float(batch["video"]))
+        logits, stats = nets.apply_train("c_fc", params["c_fc"], batch_stats["c_fc"], frame)
+        return losses.cross_entropy(logits, batch["expression"]), (
+            {"acc": metrics.accuracy(logits, batch["expression"])}, {"c_fc": stats})
+    return loss_fn
+
+
+def _expression_eval(ctx):
+    nets = ctx.nets
+
+    def counts(state, batch):
+        frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
+        logits = nets.apply("c_fc", _net(state, "c_fc"), frame)
+        return {"c_fc_acc_test_frames": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
+    return ctx.evaluator(counts, "test")
+
+
+# -- s1/privacy (Algorithm 1): enhancers against frozen band controllers
+
+
+def _privacy_loss(nets, config):
+    objective = config.privacy.objective
+
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        frames, _ = _flatten_frames(to_float(batch["video"]))
+        labels = jnp.repeat(batch["identity"], batch["video"].shape[1])
+        low, high = nets.split(frames)
+        new_stats, logs, total = {}, {}, 0.0
+        for name, ctrl, band in (("f_low", "c_low", low), ("f_high", "c_high", high)):
+            out, new_stats[name] = nets.apply_train(name, params[name], batch_stats[name], band)
+            logits = nets.apply(ctrl, frozen[ctrl], out)
+            loss = losses.privacy_loss(logits, labels, objective)
+            total += loss
+            logs[f"{ctrl}_acc"] = metrics.accuracy(logits, labels)
+            logs[f"{ctrl}_entropy"] = jnp.mean(losses.entropy(logits))
+        return total, (logs, new_stats)
+    return loss_fn
+
+
+def _privacy_eval(ctx):
+    nets = ctx.nets
+
+    def counts(state, batch):
+        frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
+        enhancers = {name: _net(state, name) for name in ("f_low", "f_high")}
+        low, high = nets.split(frame)
+        out = {"leakage": metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"],
+                                                             nets.privatize(enhancers, frame)),
+                                                  batch["identity"], batch["mask"])}
+        for name, ctrl, band in (("f_low", "c_low", low), ("f_high", "c_high", high)):
+            logits = nets.apply(ctrl, state.frozen[ctrl], nets.apply(name, enhancers[name], band))
+            out[f"{ctrl}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
+        return out
+    return ctx.evaluator(counts, "test")
+
+
+# -- s2/compensation (Algorithm 2): U-ViT against the frozen expression controller
+
+
+def _compensation_loss(nets, config):
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        frames = to_float(batch["video"])
+        labels = jnp.repeat(batch["expression"], frames.shape[1])
+        g = jax.lax.stop_gradient(nets.privatize(frozen, frames))
+        c = nets.compensate({"params": params["f_fc"]}, g)
+        logits = nets.apply("c_fc", frozen["c_fc"], _flatten_frames(c)[0])
+        return losses.cross_entropy(logits, labels), ({"c_fc_acc": metrics.accuracy(logits, labels)}, batch_stats)
+    return loss_fn
+
+
+def _compensation_eval(ctx):
+    nets = ctx.nets
+
+    def counts(state, batch):
+        frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
+        g = nets.privatize(state.frozen, frame)
+        c = nets.compensate(_net(state, "f_fc"), g)
+        m = batch["mask"]
+        return {"c_fc_acc_on_g": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], g),
+                                                        batch["expression"], m),
+                "c_fc_acc_on_c": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], c),
+                                                        batch["expression"], m),
+                "leakage_on_c": metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"], c),
+                                                       batch["identity"], m)}
+    return ctx.evaluator(counts, "test")
+
+
+# -- s3/utility and no_privacy: R3D on compensated / raw clips
+
+
+def compensated_clips(nets, frozen, video):
+    """C = F_fc(merge(F_lpr(low), F_hpr(high))) of uint8 clips, all upstream frozen."""
+    return nets.compensate(frozen["f_fc"], nets.privatize(frozen, to_float(video)))
+
+
+def _utility_loss(private: bool):
+    def make(nets, config):
+        def loss_fn(params, batch_stats, frozen, batch, rng):
+            clips = (jax.lax.stop_gradient(compensated_clips(nets, frozen, batch["video"])) if private
+                     else to_float(batch["video"]))
+            logits, stats = nets.apply_train("f_u", params["f_u"], batch_stats["f_u"], clips)
+            return losses.cross_entropy(logits, batch["expression"]), (
+                {"acc": metrics.accuracy(logits, batch["expression"])}, {"f_u": stats})
+        return loss_fn
+    return make
+
+
+def _utility_eval(private: bool):
+    def build(ctx):
+        nets = ctx.nets
+
+        def counts(state, batch):
+            clips = compensated_clips(nets, state.frozen, batch["video"]) if private else to_float(batch["video"])
+            logits = nets.apply("f_u", _net(state, "f_u"), clips)
+            return {"acc": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
+        return ctx.evaluator(counts, "test")
+    return build
+
+
+# -- attack/adaptive: a fresh identity classifier on compensated training frames
+
+
+def _attack_loss(nets, config):
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        frame = random_frames(rng, batch["video"])          # pick first: the chain runs frame by frame
+        c = jax.lax.stop_gradient(compensated_clips(nets, frozen, frame))
+        logits, stats = nets.apply_train("attacker", params["attacker"], batch_stats["attacker"], c)
+        return losses.cross_entropy(logits, batch["identity"]), (
+            {"acc": metrics.accuracy(logits, batch["identity"])}, {"attacker": stats})
+    return loss_fn
+
+
+def _attack_eval(ctx):
+    nets = ctx.nets
+
+    def counts(state, batch):
+        frame = pick_frames(batch["video"], batch["eval_frame"])
+        c = compensated_clips(nets, state.frozen, frame)
+        logits = nets.apply("attacker", _net(state, "attacker"), c)
+        return {"adaptive_plr": metrics.correct_counts(logits, batch["identity"], batch["mask"])}
+    return ctx.evaluator(counts, "test")
+
+
+def _net(state: TrainState, name: str) -> dict:
+    return {"params": state.params[name], "batch_stats": state.batch_stats[name]}
+
+
+STAGES = (
+    Stage("pretrain/identity", "pretrain_identity", ("c_low", "c_high", "v_pl"), (), "train",
+          _step(_identity_loss), _identity_eval),
+    Stage("pretrain/enhancer", "pretrain_enhancer", ("f_low", "f_high"), (), "train",
+          _step(_enhancer_loss), _enhancer_eval),
+    Stage("pretrain/expression", "pretrain_expression", ("c_fc",), (), "wild",
+          _step(_expression_loss), _expression_eval),
+    Stage("s1/privacy", "privacy", ("f_low", "f_high"), ("c_low", "c_high", "v_pl"), "train",
+          _step(_privacy_loss), _privacy_eval, select=("leakage", "min"),
+          init_from={"f_low": "pretrain/enhancer", "f_high": "pretrain/enhancer"}),
+    Stage("s2/compensation", "compensation", ("f_fc",), ("f_low", "f_high", "c_fc", "v_pl"), "train",
+          _step(_compensation_loss), _compensation_eval),
+    Stage("s3/utility", "utility", ("f_u",), ("f_low", "f_high", "f_fc"), "train",
+          _step(_utility_loss(True)), _utility_eval(True)),
+    Stage("no_privacy", "no_privacy", ("f_u",), (), "train",
+          _step(_utility_loss(False)), _utility_eval(False)),
+    Stage("attack/adaptive", "adaptive_attack", ("attacker",), ("f_low", "f_high", "f_fc"), "train",
+          _step(_attack_loss), _attack_eval),
+)
+STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def stage_key(config, name: str) -> jax.Array:
+    """The stage's root key: the config seed folded with a stable hash of the stage name."""
+    return jax.random.fold_in(jax.random.key(config.seed, impl=config.rng_impl), zlib.crc32(name.encode()))
+
+
+def stage_seed(config, name: str) -> int:
+    """The stage's data-order seed (grain), derived the same way."""
+    return (config.seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running a stage
+
+
+class Context:
+    """What stages share in one pipeline run: config, workdir, mesh, networks, data, loaded upstream states."""
+
+    def __init__(self, config, workdir: Path, mesh):
+        self.config, self.workdir, self.mesh = config, Path(workdir), mesh
+        self.nets = Nets(config)
+        self._states: dict[str, TrainState] = {}
+
+    def source(self, split: str) -> ArraySource:
+        return load_split(self.config, split)
+
+    def evaluator(self, counts_fn, split: str) -> Callable[[TrainState], dict]:
+        """eval_fn(state) -> {metric: value} summing ``counts_fn``'s {'correct', 'total'} over one pass."""
+        jitted = jax.jit(counts_fn)
+        batch_size = self.config.train.eval_batch_size
+
+        def eval_fn(state) -> dict:
+            sums = None
+            for batch in iterate_once(self.source(split), batch_size):
+                out = jitted(state, global_batch(batch, self.mesh))
+                sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+            sums = jax.device_get(sums)
+            return {name: metrics.ratio(v["correct"], v["total"]) for name, v in sums.items()}
+        return eval_fn
+
+    def shape_state(self, stage: Stage) -> Callable[[], TrainState]:
+        """A traceable init with fresh weights everywhere: the structure of the stage's checkpoints."""
+        def init():
+            key = stage_key(self.config, stage.name)
+            trained = {n: self.nets.init(n, jax.random.fold_in(key, zlib.crc32(n.encode()))) for n in stage.trains}
+            frozen = {n: self.nets.init(n, key) for n in stage.frozen}
+            return _make_state(trained, frozen, _optimizer(self.config, self.config.train[stage.train_key]))
+        return init
+
+    def load(self, stage_name: str) -> TrainState:
+        """The stage's selected (best, else final) state, loaded once per run."""
+        if stage_name not in self._states:
+            stage = STAGE_BY_NAME[stage_name]
+            target = abstract_state(self.shape_state(stage), replicated(self.mesh))
+            self._states[stage_name] = load_best(self.workdir, stage_name, target)
+        return self._states[stage_name]
+
+    def network(self, name: str, stage_name: str | None = None) -> dict:
+        state = self.load(stage_name or producer(name))
+        return {"params": state.params[name], "batch_stats": state.batch_stats[name]}
+
+    def forget(self, stage_name: str) -> None:
+        self._states.pop(stage_name, None)
+
+
+def _make_state(trained: dict, frozen: dict, tx) -> TrainState:
+    return TrainState.create(params={n: v["params"] for n, v in trained.items()}, tx=tx,
+                             batch_stats={n: v["batch_stats"] for n, v in trained.items()}, frozen=frozen)
+
+
+def run_stage(ctx: Context, stage: Stage, *, stop_after: int | None = None) -> dict:
+    """Trains one stage with ``fit`` (resuming or skipping as fit does); returns its summary."""
+    config = ctx.config
+    section = config.train[stage.train_key]
+    tx = _optimizer(config, section)
+    frozen = {n: ctx.network(n) for n in stage.frozen}
+    starts = {n: ctx.network(n, stage.init_from[n]) for n in stage.trains if n in stage.init_from}
+    shape_init = ctx.shape_state(stage)
+
+    def init_state():
+        fresh = shape_init()
+        trained = {n: starts.get(n, {"params": fresh.params[n], "batch_stats": fresh.batch_stats[n]})
+                   for n in stage.trains}
+        return _make_state(trained, frozen, tx)
+
+    step_fn = stage.step(ctx.nets, config, tx)
+    data = make_iterator(ctx.source(stage.split), batch_size=section.batch_size,
+                         seed=stage_seed(config, stage.name))
+    eval_every = section.get("eval_every") or None
+    log_every = min(config.train.log_every, section.steps)
+    checkpoint_every = max(log_every, (min(config.train.checkpoint_every, section.steps) // log_every) * log_every)
+    _, summary = fit(stage.name, ctx.workdir, init_state=init_state, step_fn=step_fn, train_data=data,
+                     num_steps=section.steps, rng=stage_key(config, stage.name), mesh=ctx.mesh,
+                     eval_fn=stage.evaluate(ctx), eval_every=eval_every if stage.select else None,
+                     checkpoint_every=checkpoint_every, log_every=log_every, select=stage.select,
+                     stop_after=stop_after)
+    ctx.forget(stage.name)
+    return summary

@@ -1,0 +1,77 @@
+"""Evaluation metrics: accuracy, per-class accuracy, SSIM and PSNR (dm-pix).
+
+Counting functions return sums (correct, total) rather than means, so that
+batches padded by ``iterate_once`` (``mask`` False) and batches from several
+processes add up exactly; ``ratio`` turns the sums into a number at the end.
+"""
+
+from __future__ import annotations
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _mask(labels: jax.Array, mask: jax.Array | None) -> jax.Array:
+    return jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+
+
+def correct_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
+    """{'correct', 'total'} of argmax(logits) == labels over the masked examples."""
+    m = _mask(labels, mask)
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == labels) * m), "total": jnp.sum(m)}
+
+
+def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    counts = correct_counts(logits, labels, mask)
+    return counts["correct"] / jnp.maximum(counts["total"], 1.0)
+
+
+def per_class_counts(predictions: jax.Array, labels: jax.Array, num_classes: int,
+                     mask: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Per true class: {'correct': (K,), 'total': (K,)} for integer predictions."""
+    m = _mask(labels, mask)
+    one_hot = jax.nn.one_hot(labels, num_classes) * m[..., None]
+    hit = (predictions == labels).astype(jnp.float32)[..., None]
+    axes = tuple(range(labels.ndim))
+    return {"correct": jnp.sum(one_hot * hit, axis=axes), "total": jnp.sum(one_hot, axis=axes)}
+
+
+def per_class_accuracy(predictions, labels, num_classes: int, mask=None) -> np.ndarray:
+    """Recall of each true class (NaN for a class with no example): Table 2's columns."""
+    counts = jax.device_get(per_class_counts(jnp.asarray(predictions), jnp.asarray(labels), num_classes,
+                                             None if mask is None else jnp.asarray(mask)))
+    return ratio(counts["correct"], counts["total"])
+
+
+def ratio(correct, total) -> np.ndarray | float:
+    """correct / total, NaN where total is 0."""
+    correct, total = np.asarray(correct, np.float64), np.asarray(total, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total > 0, correct / np.where(total > 0, total, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
+    """Per-image SSIM of (..., H, W, C) images (dm-pix: Gaussian window 11, sigma 1.5, k1 .01, k2 .03).
+
+    Images are clipped to [0, max_val] first: SSIM/PSNR are defined for images in that range.
+    """
+    a = jnp.clip(a.astype(jnp.float32), 0.0, max_val)
+    b = jnp.clip(b.astype(jnp.float32), 0.0, max_val)
+    return _per_image(lambda x, y: dm_pix.ssim(x, y, max_val=max_val), a, b)
+
+
+def psnr(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:
+    """Per-image PSNR in dB of (..., H, W, C) images in [0, max_val] (clipped); dm-pix assumes max_val 1."""
+    a = jnp.clip(a.astype(jnp.float32), 0.0, max_val) / max_val
+    b = jnp.clip(b.astype(jnp.float32), 0.0, max_val) / max_val
+    return _per_image(dm_pix.psnr, a, b)
+
+
+def _per_image(fn, a, b):
+    """dm-pix takes (H, W, C) or (N, H, W, C): any leading axes are flattened and restored."""
+    lead = a.shape[:-3]
+    out = fn(a.reshape((-1,) + a.shape[-3:]), b.reshape((-1,) + b.shape[-3:]))
+    return out.reshape(lead)

@@ -1,0 +1,132 @@
+"""The stage graph of ``ppfer-jax run``: runs the stages in order, skips finished ones, re-runs one on request.
+
+Order: pretrain/identity, pretrain/enhancer, pretrain/expression, s1/privacy,
+s2/compensation, s3/utility, no_privacy, attack/adaptive, evaluate. A stage is
+finished when its ``DONE.json`` exists (``evaluate``: ``evaluate/results.json``);
+a killed stage resumes from its last checkpoint (see ``training.fit``).
+``rerun=NAME`` deletes that stage and every stage downstream of it (whose
+inputs it changes), then runs what is missing.
+
+The workdir remembers its config (``config.json``, written at the first run); a
+run with a different config stops rather than mixing results. Only process 0
+writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+
+from ppfer_jax import evaluation, report
+from ppfer_jax.methods import ppfer
+from ppfer_jax.parallel import make_mesh
+
+EVALUATE = "evaluate"
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.json"
+STAGE_NAMES = tuple(s.name for s in ppfer.STAGES) + (EVALUATE,)
+
+
+def dependencies(name: str) -> set[str]:
+    """Stages whose outputs ``name`` reads directly."""
+    if name == EVALUATE:
+        return {s.name for s in ppfer.STAGES}
+    stage = ppfer.STAGE_BY_NAME[name]
+    return {ppfer.producer(n) for n in stage.frozen} | set(stage.init_from.values())
+
+
+def downstream(name: str) -> list[str]:
+    """``name`` and every stage that reads it, directly or not, in run order."""
+    hit = {name}
+    for other in STAGE_NAMES:
+        if dependencies(other) & hit:
+            hit.add(other)
+    return [n for n in STAGE_NAMES if n in hit]
+
+
+def check_workdir_config(config, workdir: Path) -> None:
+    """Stores the config at the first run; afterwards a different config stops the run."""
+    path = Path(workdir) / CONFIG_FILE
+    current = json.loads(json.dumps(config.to_dict()))
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != current:
+            diffs = sorted(_diff(stored, current))
+            shown = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, a, b in diffs[:8])
+            raise ValueError(f"workdir {workdir} holds results of a different config ({path}): {shown}"
+                             f"{' ...' if len(diffs) > 8 else ''}. Use another --workdir, or delete {workdir} "
+                             f"to start over")
+    elif jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report._atomic(path, json.dumps(current, indent=2) + "\n")
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            yield from _diff(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip("."), a, b
+
+
+def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = None, mesh=None,
+        make_figure: bool = True) -> dict | None:
+    """Runs every missing stage and the evaluation; returns the report (None if stopped early).
+
+    ``stop_after`` ({stage: steps}) stops that stage after so many steps as if the
+    process were killed (tests of resume use it); the run then returns None.
+    """
+    workdir = Path(workdir)
+    if config.wavelet.spatiotemporal:
+        raise ValueError("config wavelet.spatiotemporal=True: the enhancers of this release work frame by frame "
+                         "(the paper's 2-D transform); set it to False")
+    if rerun is not None and rerun not in STAGE_NAMES:
+        raise ValueError(f"--stage {rerun!r} is not a stage; stages: {', '.join(STAGE_NAMES)}")
+    check_workdir_config(config, workdir)
+    if rerun is not None and jax.process_index() == 0:
+        for name in downstream(rerun):
+            shutil.rmtree(workdir / name, ignore_errors=True)
+        print(f"re-running {', '.join(downstream(rerun))}")
+    ctx = ppfer.Context(config, workdir, mesh or make_mesh())
+    timings = _load_timings(workdir)
+    for name in downstream(rerun) if rerun is not None else ():
+        timings.pop(name, None)
+    for stage in ppfer.STAGES:
+        if (workdir / stage.name / "DONE.json").exists():
+            continue
+        start = time.perf_counter()
+        steps = (stop_after or {}).get(stage.name)
+        ppfer.run_stage(ctx, stage, stop_after=steps)
+        if not (workdir / stage.name / "DONE.json").exists():
+            return None  # stopped early on request
+        timings[stage.name] = time.perf_counter() - start + timings.get(stage.name, 0.0)
+        _save_timings(workdir, timings)
+    results_path = workdir / EVALUATE / RESULTS_FILE
+    if results_path.exists():
+        results = json.loads(results_path.read_text())
+    else:
+        start = time.perf_counter()
+        results = evaluation.evaluate(ctx)
+        timings[EVALUATE] = time.perf_counter() - start
+        _save_timings(workdir, timings)
+        if jax.process_index() == 0:
+            report._atomic(results_path, json.dumps(results, indent=2) + "\n")
+    full = report.build(results, json.loads((workdir / CONFIG_FILE).read_text()), timings)
+    if jax.process_index() == 0:
+        figure = evaluation.figure_rows(ctx, config.evaluate.figure_clips) if make_figure else None
+        report.write(workdir, full, figure)
+    return full
+
+
+def _load_timings(workdir: Path) -> dict:
+    path = workdir / "timings.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_timings(workdir: Path, timings: dict) -> None:
+    if jax.process_index() == 0:
+        report._atomic(workdir / "timings.json", json.dumps(timings, indent=2) + "\n")

@@ -1,0 +1,130 @@
+"""`ppfer-jax run` end to end on the tiny config: report structure, resume, determinism, frozen nets, errors."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from ppfer_jax import cli, pipeline
+from ppfer_jax.config import load_config
+from ppfer_jax.methods import ppfer
+from ppfer_jax.parallel import make_mesh
+
+TINY = "configs/synthetic.py:tiny"
+# Checkpoints every 5 steps so that a stage stopped after 7 resumes from step 5.
+OVERRIDES = ["train.log_every=5", "train.checkpoint_every=5"]
+INTERRUPT = {"s1/privacy": 7}
+
+
+def tiny_config(extra=()):
+    return load_config(TINY, [*OVERRIDES, *extra])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    report = pipeline.run(tiny_config(), workdir)
+    return workdir, report
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """Stopped inside s1/privacy (after step 7, last checkpoint at 5), then run again to the end."""
+    workdir = tmp_path_factory.mktemp("interrupted")
+    assert pipeline.run(tiny_config(), workdir, stop_after=INTERRUPT) is None
+    assert not (workdir / "s1/privacy/DONE.json").exists()
+    done_before = {name: (workdir / name / "DONE.json").stat().st_mtime_ns
+                   for name in ("pretrain/identity", "pretrain/enhancer", "pretrain/expression")}
+    report = pipeline.run(tiny_config(), workdir)
+    return workdir, report, done_before
+
+
+def test_pipeline_runs_end_to_end_and_writes_the_tables(uninterrupted):
+    workdir, report = uninterrupted
+    on_disk = json.loads((workdir / "report.json").read_text())
+    results = on_disk["results"]
+    assert set(results["table1"]) == {"no_privacy", "ppfer"}
+    for row in results["table1"].values():
+        assert set(row) == {"plr", "adaptive_plr", "acc"}
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert all(len(results["table2"][row]) == 6 for row in ("no_privacy", "ppfer"))
+    assert results["chance_plr"] == pytest.approx(1 / 6)
+    assert set(results["controllers_clean_accuracy"]) == {"C_lpr (low band)", "C_hpr (high band)", "V_pl (frames)"}
+    assert (workdir / "report.md").read_text().startswith("# PPFER report")
+    assert (workdir / "report.png").stat().st_size > 0
+    for name in pipeline.STAGE_NAMES[:-1]:
+        assert (workdir / name / "DONE.json").exists()
+    # Privacy is doing something: V_pl reads fewer identities from C than from the raw frames.
+    assert results["table1"]["ppfer"]["plr"] < results["table1"]["no_privacy"]["plr"]
+
+
+def test_interrupted_run_resumes_to_the_same_numbers_without_redoing_finished_stages(uninterrupted, interrupted):
+    """Also the determinism check: two runs of the same config and seed give the same report numbers."""
+    (_, report), (workdir, resumed, done_before) = uninterrupted, interrupted
+    assert resumed["results"] == report["results"]
+    for name, mtime in done_before.items():
+        assert (workdir / name / "DONE.json").stat().st_mtime_ns == mtime, f"{name} was re-run"
+
+
+def test_a_finished_workdir_is_not_retrained(uninterrupted, monkeypatch):
+    workdir, report = uninterrupted
+    monkeypatch.setattr(ppfer, "run_stage", lambda *a, **k: pytest.fail("a finished stage was trained again"))
+    again = pipeline.run(tiny_config(), workdir, make_figure=False)
+    assert again["results"] == report["results"]
+
+
+def test_frozen_networks_are_bit_identical_to_their_producers(uninterrupted):
+    workdir, _ = uninterrupted
+    ctx = ppfer.Context(tiny_config(), workdir, make_mesh())
+    for stage in ppfer.STAGES:
+        if not stage.frozen:
+            continue
+        state = ctx.load(stage.name)
+        for name in stage.frozen:
+            producer = ppfer.STAGE_BY_NAME[ppfer.producer(name)]
+            expected = ctx.network(name)
+            got = state.frozen[name]
+            for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
+                                              err_msg=f"{name} in {stage.name} differs from {producer.name}")
+
+
+def test_rerun_of_a_stage_also_reruns_what_reads_it():
+    assert pipeline.downstream("s1/privacy") == ["s1/privacy", "s2/compensation", "s3/utility",
+                                                 "attack/adaptive", "evaluate"]
+    assert pipeline.downstream("no_privacy") == ["no_privacy", "evaluate"]
+    assert pipeline.downstream("pretrain/identity")[-1] == "evaluate"
+
+
+def test_cli_rejects_an_unknown_config_key(tmp_path, capsys):
+    code = cli.main(["run", "--config", TINY, "--workdir", str(tmp_path), "--config.train.privacy.stepz=3"])
+    assert code == 2
+    assert "unknown config key 'train.privacy.stepz'" in capsys.readouterr().err
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_cli_rejects_a_workdir_holding_another_config(uninterrupted, tmp_path, capsys):
+    workdir, _ = uninterrupted
+    shutil.copy(workdir / "config.json", tmp_path / "config.json")
+    code = cli.main(["run", "--config", TINY, "--workdir", str(tmp_path), *[f"--config.{o}" for o in OVERRIDES],
+                     "--config.privacy.objective=entropy"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds results of a different config" in err and "privacy.objective" in err
+    assert not (tmp_path / "pretrain").exists()
+
+
+def test_cli_rejects_an_unknown_stage(tmp_path, capsys):
+    assert cli.main(["run", "--config", TINY, "--workdir", str(tmp_path), "--stage", "s9/nothing"]) == 2
+    assert "is not a stage" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
+    code = cli.main(["run", "--config", TINY, "--workdir", str(tmp_path), *[f"--config.{o}" for o in OVERRIDES],
+                     "--config.train.pretrain_identity.learning_rate=1e38"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "training diverged" in err and "pretrain/identity" in err and "learning_rate" in err
+    assert not (tmp_path / "pretrain/identity/DONE.json").exists()
