@@ -66,3 +66,19 @@ def losses_over_steps(model, variables, x, optimizer: optax.GradientTransformati
         params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
         losses.append(float(loss))
     return losses
+
+
+def assert_batch_stats_semantics(model, variables, x, eval_apply) -> None:
+    """Train mode returns updated running statistics; eval mode reads them, so an example's
+    logits do not depend on the rest of its batch."""
+    logits, updates = jax.jit(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
+    assert logits.shape == (x.shape[0], model.num_classes) and logits.dtype == jnp.float32
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+    old_mean = variables["batch_stats"]["stem_bn"]["mean"]
+    assert not jnp.allclose(old_mean, updates["batch_stats"]["stem_bn"]["mean"])
+
+    eval_logits = eval_apply(variables, x)
+    assert jnp.array_equal(eval_logits, eval_apply(variables, x))
+    other_batch = x.at[1:].set(2.0 * x[1:] + 1.0)
+    assert jnp.allclose(eval_apply(variables, other_batch)[0], eval_logits[0], atol=1e-5)

@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from classifier_helpers import KEY, formula_input, formula_value, losses_over_steps, num_elements
+from classifier_helpers import (
+    KEY,
+    assert_batch_stats_semantics,
+    formula_input,
+    formula_value,
+    losses_over_steps,
+    num_elements,
+)
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from ppfer_jax.models.r3d import r3d_18
@@ -70,18 +77,7 @@ def test_rejects_images_without_a_time_axis():
 
 def test_tiny_forward_and_batch_stats(tiny_r3d):
     model, variables, x, eval_apply = tiny_r3d
-    logits, updates = jax.jit(
-        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
-    assert logits.shape == (4, 5) and logits.dtype == jnp.float32
-    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
-    old_mean = variables["batch_stats"]["stem_bn"]["mean"]
-    assert not jnp.allclose(old_mean, updates["batch_stats"]["stem_bn"]["mean"])
-
-    # Eval mode reads running statistics: a clip's logits do not depend on the rest of its batch.
-    eval_logits = eval_apply(variables, x)
-    assert jnp.array_equal(eval_logits, eval_apply(variables, x))
-    other_batch = x.at[1:].set(2.0 * x[1:] + 1.0)
-    assert jnp.allclose(eval_apply(variables, other_batch)[0], eval_logits[0], atol=1e-5)
+    assert_batch_stats_semantics(model, variables, x, eval_apply)
 
 
 def test_init_follows_torchvision_defaults(tiny_r3d):

@@ -7,7 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from classifier_helpers import KEY, formula_input, formula_variables, losses_over_steps, num_elements
+from classifier_helpers import (
+    KEY,
+    assert_batch_stats_semantics,
+    formula_input,
+    formula_variables,
+    losses_over_steps,
+    num_elements,
+)
 
 from ppfer_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
 
@@ -94,18 +101,7 @@ def tiny_resnet18():
 def test_tiny_forward_and_batch_stats(tiny_resnet18):
     model, variables, x, eval_apply = tiny_resnet18
     assert variables["params"]["stem_conv"]["kernel"].shape == (7, 7, 9, 8)
-    logits, updates = jax.jit(
-        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x)
-    assert logits.shape == (4, 5) and logits.dtype == jnp.float32
-    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
-    old_mean = variables["batch_stats"]["stem_bn"]["mean"]
-    assert not jnp.allclose(old_mean, updates["batch_stats"]["stem_bn"]["mean"])
-
-    # Eval mode reads running statistics: a sample's logits do not depend on the rest of its batch.
-    eval_logits = eval_apply(variables, x)
-    assert jnp.array_equal(eval_logits, eval_apply(variables, x))
-    other_batch = x.at[1:].set(2.0 * x[1:] + 1.0)
-    assert jnp.allclose(eval_apply(variables, other_batch)[0], eval_logits[0], atol=1e-5)
+    assert_batch_stats_semantics(model, variables, x, eval_apply)
 
 
 def test_init_follows_torchvision_defaults(tiny_resnet18):
