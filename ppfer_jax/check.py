@@ -8,9 +8,6 @@ model. Inputs are synthetic talking-face clips rendered at the configured size.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import numpy as np
 from data_pipelines import synthetic
 from ppfer_jax import wavelets
 from ppfer_jax.figures import frame_grid, save_png
+from ppfer_jax.files import write_json_atomically
 from ppfer_jax.models import build_model
 
 NUM_CLIPS = 2
@@ -55,7 +53,7 @@ def run_check(config, workdir: Path) -> dict:
         reconstruction_max_abs_error=float(jnp.max(jnp.abs(rebuilt - frames))),
         models=rows,
     )
-    _write_json(workdir / "check.json", summary)
+    write_json_atomically(workdir / "check.json", summary, default=str)
     return summary
 
 
@@ -108,12 +106,6 @@ def _to_full_size(band, shape):
     for axis in range(3):  # T, H, W
         band = jnp.repeat(band, shape[axis] // band.shape[axis], axis=axis)
     return band
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(payload, tmp, indent=2, default=str)
-    os.replace(tmp.name, path)
 
 
 def format_summary(summary: dict) -> str:

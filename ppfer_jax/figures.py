@@ -7,11 +7,12 @@ same video, so the stages of the method can be compared frame by frame.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from ppfer_jax.files import write_atomically
 
 _GAP = 2  # pixels between frames and rows, before scaling
 _LABEL_PAD = 4  # pixels around a row label
@@ -71,17 +72,7 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     image = np.asarray(image)
     if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
         raise ValueError(f"image: expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
-    path = os.path.abspath(os.fspath(path))
-    directory, name = os.path.split(path)
-    os.makedirs(directory, exist_ok=True)
-    descriptor, temp_path = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            Image.fromarray(image).save(file, format="PNG")
-        os.replace(temp_path, path)
-    except BaseException:
-        os.unlink(temp_path)
-        raise
+    write_atomically(path, lambda file: Image.fromarray(image).save(file, format="PNG"))
 
 
 def _as_uint8_rgb(clip, name: str) -> np.ndarray:

@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 
 from ppfer_jax import evaluation, report
+from ppfer_jax.files import write_json_atomically
 from ppfer_jax.methods import ppfer
 from ppfer_jax.parallel import make_mesh
 
@@ -62,7 +63,7 @@ def check_workdir_config(config, workdir: Path) -> None:
                              f"to start over")
     elif jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        report._atomic(path, json.dumps(current, indent=2) + "\n")
+        write_json_atomically(path, current)
 
 
 def _diff(a, b, prefix=""):
@@ -114,7 +115,7 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         timings[EVALUATE] = time.perf_counter() - start
         _save_timings(workdir, timings)
         if jax.process_index() == 0:
-            report._atomic(results_path, json.dumps(results, indent=2) + "\n")
+            write_json_atomically(results_path, results)
     full = report.build(results, json.loads((workdir / CONFIG_FILE).read_text()), timings)
     if jax.process_index() == 0:
         figure = evaluation.figure_rows(ctx, config.evaluate.figure_clips) if make_figure else None
@@ -129,4 +130,4 @@ def _load_timings(workdir: Path) -> dict:
 
 def _save_timings(workdir: Path, timings: dict) -> None:
     if jax.process_index() == 0:
-        report._atomic(workdir / "timings.json", json.dumps(timings, indent=2) + "\n")
+        write_json_atomically(workdir / "timings.json", timings)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from ppfer_jax.figures import frame_grid, save_png
+from ppfer_jax.files import write_text_atomically
 
 # The paper's published CREMA-D numbers (91 identities, chance PLR 1.099%): Tables 1 and 2.
 PAPER = {
@@ -27,8 +27,8 @@ def build(results: dict, config_dict: dict, timings: dict) -> dict:
 
 def write(workdir: Path, report: dict, figure=None) -> None:
     workdir = Path(workdir)
-    _atomic(workdir / "report.json", json.dumps(report, indent=2, default=_jsonable) + "\n")
-    _atomic(workdir / "report.md", markdown(report))
+    write_text_atomically(workdir / "report.json", json.dumps(report, indent=2, default=_jsonable) + "\n")
+    write_text_atomically(workdir / "report.md", markdown(report))
     if figure is not None:
         rows, labels = figure
         save_png(workdir / "report.png", frame_grid(rows, row_labels=labels, scale=2))
@@ -90,10 +90,3 @@ def _jsonable(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, Sharding
 from tqdm.auto import tqdm
 
+from ppfer_jax.files import write_json_atomically, write_text_atomically
 from ppfer_jax.parallel import batch_sharding, global_batch, replicated, step_rng
 
 METRICS_FILE = "metrics.jsonl"
@@ -191,7 +192,7 @@ def fit(
         if record.step == num_steps:
             checkpoints.wait()
             if _is_main_process():
-                _write_json_atomically(stage_dir / DONE_FILE, summary)
+                write_json_atomically(stage_dir / DONE_FILE, summary)
                 tqdm.write(_describe(summary))
         return state, summary
     finally:
@@ -324,7 +325,7 @@ class _MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines(keepends=True)
                 if (record := _parse_record(line)) is not None and record["step"] <= step]
-        _write_text_atomically(self.path, "".join(kept))
+        write_text_atomically(self.path, "".join(kept))
 
     def write(self, step: int, split: str, metrics: Metrics, **extra: float) -> None:
         if self.enabled:
@@ -449,18 +450,6 @@ def _parse_record(line: str) -> dict | None:
         return json.loads(line)
     except json.JSONDecodeError:
         return None
-
-
-def _write_json_atomically(path: Path, value) -> None:
-    _write_text_atomically(path, json.dumps(value, indent=2) + "\n")
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    """Temp file then rename: readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _is_main_process() -> bool:

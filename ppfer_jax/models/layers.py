@@ -6,8 +6,8 @@ the U-Net of the paper's code (milesial Pytorch-UNet) upsamples that way, and
 reproduce the reference network nor accept its weights faithfully.
 """
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 
 def align_corners_interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:

@@ -1,0 +1,36 @@
+"""Atomic file writes: a temp file in the same directory, then a rename.
+
+Readers (a resumed run, a user opening a report) see the old file or the new
+one, never half of one, and a failure leaves no temp file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Calls ``write(binary_file)`` on a temp file beside ``path``, then renames it over ``path``."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def write_json_atomically(path: str | os.PathLike, value: Any, default: Callable[[Any], Any] | None = None) -> None:
+    write_text_atomically(path, json.dumps(value, indent=2, default=default) + "\n")
