@@ -62,7 +62,6 @@ def check_workdir_config(config, workdir: Path) -> None:
                              f"{' ...' if len(diffs) > 8 else ''}. Use another --workdir, or delete {workdir} "
                              f"to start over")
     elif jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(path, current)
 
 
