@@ -7,6 +7,8 @@ download (``ppfer-jax prepare cremad``); nothing is fetched from the network.
 
 import ml_collections
 
+from configs.common import stage
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     image_size = int(arg or 112)
@@ -56,10 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.log_every = 50
     t.checkpoint_every = 1000
     t.eval_batch_size = 32
-
-    def stage(steps, batch_size, learning_rate, eval_every=None):
-        return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                                              eval_every=eval_every))
+    t.augment = ml_collections.ConfigDict(dict(flip=True, max_shift=0))  # F_u's training clips
 
     # Paper: epochs (N_1, N_2), batch sizes and learning rates are not stated for any stage; these are ours,
     # unmeasured at this size (about 20-30 epochs of the 5,210 training clips per stage).
@@ -68,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.pretrain_expression = stage(3000, 64, 1e-3)
     t.privacy = stage(5000, 8, 1e-4, eval_every=500)
     t.compensation = stage(5000, 8, 1e-4)
-    t.utility = stage(10000, 16, 1e-3)
-    t.no_privacy = stage(10000, 16, 1e-3)
+    t.utility = stage(10000, 16, 1e-3, schedule="cosine")
+    t.no_privacy = stage(10000, 16, 1e-3, schedule="cosine")
     t.adaptive_attack = stage(5000, 64, 1e-3)
     return c

@@ -1,6 +1,6 @@
 """The ``evaluate`` stage: Table 1 / Table 2 numbers on the test split through the whole chain.
 
-* ACC / per-class ACC: F_u on compensated test clips (PPFER row) and F_u trained
+* ACC / per-class ACC: F_u on anonymised (compensated, uint8) test clips (PPFER row) and F_u trained
   on raw clips, on raw test clips (No-privacy row).
 * PLR: the frozen V_pl on ONE frame per test clip (the fixed ``eval_frame`` drawn
   from the config seed), compensated (PPFER) or raw (No privacy). Chance is
@@ -21,7 +21,7 @@ import numpy as np
 
 from data_pipelines.loader import iterate_once
 from ppfer_jax import metrics, wavelets
-from ppfer_jax.methods.ppfer import Context, compensated_clips, pick_frames, to_float
+from ppfer_jax.methods.ppfer import Context, compensated_clips, pick_frames, to_float, to_uint8
 from ppfer_jax.parallel import global_batch
 from ppfer_jax.training import read_summary
 
@@ -40,7 +40,7 @@ def evaluate(ctx: Context) -> dict:
         video, mask = batch["video"], batch["mask"]
         frames = to_float(video)
         g = nets.privatize(v, frames)
-        c = nets.compensate(v["f_fc"], g)
+        c = to_float(to_uint8(nets.compensate(v["f_fc"], g)))  # the anonymised video, as stored
         pick = lambda x: pick_frames(x, batch["eval_frame"])  # noqa: E731
         ids, exprs = batch["identity"], batch["expression"]
         out = {

@@ -37,7 +37,8 @@ def dependencies(name: str) -> set[str]:
     if name == EVALUATE:
         return {s.name for s in ppfer.STAGES}
     stage = ppfer.STAGE_BY_NAME[name]
-    return {ppfer.producer(n) for n in stage.frozen} | set(stage.init_from.values())
+    reads = stage.frozen + (ppfer.ANONYMISER if stage.anonymised else ())
+    return {ppfer.producer(n) for n in reads} | set(stage.init_from.values())
 
 
 def downstream(name: str) -> list[str]:

@@ -198,7 +198,7 @@ def test_identity_is_decodable_from_the_low_band(probe_data):
     (_, train, train_ids, _), (_, test, test_ids, _) = probe_data["train"], probe_data["test"]
     low_train, low_test = _haar(_one_random_frame(train))[0], _haar(_one_random_frame(test, seed=1))[0]
     accuracy = _ridge_accuracy(low_train, train_ids, low_test, test_ids, penalty=100.0)
-    assert accuracy > 8 * IDENTITY_CHANCE, accuracy  # measured 0.99-1.00 over seeds 0-2
+    assert accuracy > 8 * IDENTITY_CHANCE, accuracy  # measured 1.00 over seeds 0-2
 
 
 def test_identity_is_decodable_from_the_high_band(probe_data):
@@ -206,7 +206,7 @@ def test_identity_is_decodable_from_the_high_band(probe_data):
     high_train, high_test = _haar(_one_random_frame(train))[1], _haar(_one_random_frame(test, seed=1))[1]
     accuracy = _ridge_accuracy(_pooled_log_energy(high_train), train_ids, _pooled_log_energy(high_test), test_ids,
                                penalty=100.0)
-    assert accuracy > 8 * IDENTITY_CHANCE, accuracy  # measured 0.98-1.00 (raw coefficients: 0.95-0.99)
+    assert accuracy > 8 * IDENTITY_CHANCE, accuracy  # measured 1.00 over seeds 0-2
 
 
 def test_identity_survives_removing_the_low_band(probe_data):
@@ -259,8 +259,8 @@ def test_expression_needs_the_clip_not_one_frame(probe_data, aligned_faces):
                                     penalty=30.0)
     frame_accuracy = _ridge_accuracy(_one_random_frame(aligned_faces["train"]), train_labels,
                                      _one_random_frame(aligned_faces["test"], seed=1), test_labels, penalty=30.0)
-    assert clip_accuracy > 3 * EXPRESSION_CHANCE, clip_accuracy  # measured 0.76-0.80 over seeds 0-2
-    assert clip_accuracy > frame_accuracy + 0.15, (clip_accuracy, frame_accuracy)  # measured frame 0.45-0.51
+    assert clip_accuracy > 3 * EXPRESSION_CHANCE, clip_accuracy  # measured 0.70-0.80 over seeds 0-2
+    assert clip_accuracy > frame_accuracy + 0.15, (clip_accuracy, frame_accuracy)  # measured frame 0.42-0.47
 
 
 def _swapped(source, traits):

@@ -7,6 +7,13 @@ best checkpoint (its latest when it selects none), stored in ``TrainState.frozen
 and applied on the fly inside the jitted step: nothing is written to disk between
 stages and nothing frozen is ever an argument of ``grad``.
 
+The stages downstream of the whole chain (the utility model and the adaptive
+attacker) instead train on the *anonymised* split: every clip passed once through
+F_fc(merge(F_lpr, F_hpr)) and stored in memory as uint8 video (``ANONYMISED``),
+which is what a deployment hands on. Their models run hundreds of steps per
+epoch, so recomputing the frozen chain in every step would cost more than
+training them.
+
 Network names (``NETS``): c_low / c_high (identity controllers on the low / high
 wavelet band), v_pl (leakage validator on frames), c_fc (expression controller on
 frames), f_low / f_high (privacy enhancers, U-Net), f_fc (compensator, U-ViT),
@@ -30,11 +37,13 @@ import optax
 from data_pipelines import synthetic
 from data_pipelines.loader import iterate_once, make_iterator
 from ppfer_jax import losses, metrics, wavelets
+from ppfer_jax.augment import flip_and_shift
 from ppfer_jax.models import build_model
 from ppfer_jax.parallel import global_batch, replicated
 from ppfer_jax.training import TrainState, abstract_state, fit, load_best
 
 NETS = ("c_low", "c_high", "v_pl", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker")
+ANONYMISER = ("f_low", "f_high", "f_fc")  # the networks that make an anonymised split
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,6 +187,11 @@ def to_float(video: jax.Array) -> jax.Array:
     return video.astype(jnp.float32) / 255.0
 
 
+def to_uint8(frames: jax.Array) -> jax.Array:
+    """Float frames in [0, 1] (clipped) to uint8 video, rounding: what a video file would hold."""
+    return jnp.round(jnp.clip(frames, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
 def pick_frames(video: jax.Array, index: jax.Array) -> jax.Array:
     """video (B, T, ...) and one frame index per clip (B,) -> (B, ...)."""
     return jnp.take_along_axis(video, index.reshape((-1,) + (1,) * (video.ndim - 1)), axis=1)[:, 0]
@@ -200,6 +214,7 @@ class Stage:
     trains: tuple[str, ...]
     frozen: tuple[str, ...]
     split: str                     # training split
+    anonymised: bool               # train and evaluate on the anonymised split (ANONYMISER's output)
     step: Callable                 # (nets, config, tx) -> step_fn
     evaluate: Callable             # (ctx) -> eval_fn(state) -> dict
     select: tuple[str, str] | None = None
@@ -214,9 +229,16 @@ def producer(name: str) -> str:
 
 
 def _optimizer(config, section) -> optax.GradientTransformation:
+    """Adam at the stage's learning rate: constant, or a linear warm-up (a tenth of the steps) then cosine decay."""
     if config.train.optimizer != "adam":
         raise ValueError(f"config train.optimizer: only 'adam' is implemented, got {config.train.optimizer!r}")
-    return optax.adam(section.learning_rate)
+    schedule = section.get("schedule") or "constant"
+    if schedule == "constant":
+        return optax.adam(section.learning_rate)
+    if schedule == "cosine":
+        return optax.adam(optax.warmup_cosine_decay_schedule(
+            0.0, section.learning_rate, warmup_steps=max(1, section.steps // 10), decay_steps=section.steps))
+    raise ValueError(f"config train.*.schedule: expected 'constant' or 'cosine', got {schedule!r}")
 
 
 def _step(loss_fn):
@@ -387,7 +409,7 @@ def _compensation_eval(ctx):
     return ctx.evaluator(counts, "test")
 
 
-# -- s3/utility and no_privacy: R3D on compensated / raw clips
+# -- s3/utility and no_privacy: R3D on anonymised / raw clips
 
 
 def compensated_clips(nets, frozen, video):
@@ -395,52 +417,42 @@ def compensated_clips(nets, frozen, video):
     return nets.compensate(frozen["f_fc"], nets.privatize(frozen, to_float(video)))
 
 
-def _utility_loss(private: bool):
-    def make(nets, config):
-        def loss_fn(params, batch_stats, frozen, batch, rng):
-            clips = (jax.lax.stop_gradient(compensated_clips(nets, frozen, batch["video"])) if private
-                     else to_float(batch["video"]))
-            logits, stats = nets.apply_train("f_u", params["f_u"], batch_stats["f_u"], clips)
-            return losses.cross_entropy(logits, batch["expression"]), (
-                {"acc": metrics.accuracy(logits, batch["expression"])}, {"f_u": stats})
-        return loss_fn
-    return make
+def _utility_loss(nets, config):
+    aug = config.train.augment
+
+    def loss_fn(params, batch_stats, frozen, batch, rng):
+        video = flip_and_shift(rng, batch["video"], flip=aug.flip, max_shift=aug.max_shift)
+        logits, stats = nets.apply_train("f_u", params["f_u"], batch_stats["f_u"], to_float(video))
+        return losses.cross_entropy(logits, batch["expression"]), (
+            {"acc": metrics.accuracy(logits, batch["expression"])}, {"f_u": stats})
+    return loss_fn
 
 
-def _utility_eval(private: bool):
-    def build(ctx):
-        nets = ctx.nets
-
-        def counts(state, batch):
-            clips = compensated_clips(nets, state.frozen, batch["video"]) if private else to_float(batch["video"])
-            logits = nets.apply("f_u", _net(state, "f_u"), clips)
-            return {"acc": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
-        return ctx.evaluator(counts, "test")
-    return build
+def _utility_eval(ctx, *, anonymised: bool):
+    def counts(state, batch):
+        logits = ctx.nets.apply("f_u", _net(state, "f_u"), to_float(batch["video"]))
+        return {"acc": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
+    return ctx.evaluator(counts, "test", anonymised)
 
 
-# -- attack/adaptive: a fresh identity classifier on compensated training frames
+# -- attack/adaptive: a fresh identity classifier on anonymised training frames
 
 
 def _attack_loss(nets, config):
     def loss_fn(params, batch_stats, frozen, batch, rng):
-        frame = random_frames(rng, batch["video"])          # pick first: the chain runs frame by frame
-        c = jax.lax.stop_gradient(compensated_clips(nets, frozen, frame))
-        logits, stats = nets.apply_train("attacker", params["attacker"], batch_stats["attacker"], c)
+        frame = random_frames(rng, to_float(batch["video"]))
+        logits, stats = nets.apply_train("attacker", params["attacker"], batch_stats["attacker"], frame)
         return losses.cross_entropy(logits, batch["identity"]), (
             {"acc": metrics.accuracy(logits, batch["identity"])}, {"attacker": stats})
     return loss_fn
 
 
-def _attack_eval(ctx):
-    nets = ctx.nets
-
+def _attack_eval(ctx, *, anonymised: bool):
     def counts(state, batch):
-        frame = pick_frames(batch["video"], batch["eval_frame"])
-        c = compensated_clips(nets, state.frozen, frame)
-        logits = nets.apply("attacker", _net(state, "attacker"), c)
+        frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
+        logits = ctx.nets.apply("attacker", _net(state, "attacker"), frame)
         return {"adaptive_plr": metrics.correct_counts(logits, batch["identity"], batch["mask"])}
-    return ctx.evaluator(counts, "test")
+    return ctx.evaluator(counts, "test", anonymised)
 
 
 def _net(state: TrainState, name: str) -> dict:
@@ -448,23 +460,23 @@ def _net(state: TrainState, name: str) -> dict:
 
 
 STAGES = (
-    Stage("pretrain/identity", "pretrain_identity", ("c_low", "c_high", "v_pl"), (), "train",
+    Stage("pretrain/identity", "pretrain_identity", ("c_low", "c_high", "v_pl"), (), "train", False,
           _step(_identity_loss), _identity_eval),
-    Stage("pretrain/enhancer", "pretrain_enhancer", ("f_low", "f_high"), (), "train",
+    Stage("pretrain/enhancer", "pretrain_enhancer", ("f_low", "f_high"), (), "train", False,
           _step(_enhancer_loss), _enhancer_eval),
-    Stage("pretrain/expression", "pretrain_expression", ("c_fc",), (), "wild",
+    Stage("pretrain/expression", "pretrain_expression", ("c_fc",), (), "wild", False,
           _step(_expression_loss), _expression_eval),
-    Stage("s1/privacy", "privacy", ("f_low", "f_high"), ("c_low", "c_high", "v_pl"), "train",
+    Stage("s1/privacy", "privacy", ("f_low", "f_high"), ("c_low", "c_high", "v_pl"), "train", False,
           _step(_privacy_loss), _privacy_eval, select=("leakage", "min"),
           init_from={"f_low": "pretrain/enhancer", "f_high": "pretrain/enhancer"}),
-    Stage("s2/compensation", "compensation", ("f_fc",), ("f_low", "f_high", "c_fc", "v_pl"), "train",
+    Stage("s2/compensation", "compensation", ("f_fc",), ("f_low", "f_high", "c_fc", "v_pl"), "train", False,
           _step(_compensation_loss), _compensation_eval),
-    Stage("s3/utility", "utility", ("f_u",), ("f_low", "f_high", "f_fc"), "train",
-          _step(_utility_loss(True)), _utility_eval(True)),
-    Stage("no_privacy", "no_privacy", ("f_u",), (), "train",
-          _step(_utility_loss(False)), _utility_eval(False)),
-    Stage("attack/adaptive", "adaptive_attack", ("attacker",), ("f_low", "f_high", "f_fc"), "train",
-          _step(_attack_loss), _attack_eval),
+    Stage("s3/utility", "utility", ("f_u",), (), "train", True,
+          _step(_utility_loss), functools.partial(_utility_eval, anonymised=True)),
+    Stage("no_privacy", "no_privacy", ("f_u",), (), "train", False,
+          _step(_utility_loss), functools.partial(_utility_eval, anonymised=False)),
+    Stage("attack/adaptive", "adaptive_attack", ("attacker",), (), "train", True,
+          _step(_attack_loss), functools.partial(_attack_eval, anonymised=True)),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -490,18 +502,33 @@ class Context:
         self.config, self.workdir, self.mesh = config, Path(workdir), mesh
         self.nets = Nets(config)
         self._states: dict[str, TrainState] = {}
+        self._anonymised: dict[str, ArraySource] = {}
 
-    def source(self, split: str) -> ArraySource:
-        return load_split(self.config, split)
+    def source(self, split: str, anonymised: bool = False) -> ArraySource:
+        """A split's clips: as rendered, or anonymised by the trained chain (computed once per run)."""
+        if not anonymised:
+            return load_split(self.config, split)
+        if split not in self._anonymised:
+            self._anonymised[split] = self._anonymise(load_split(self.config, split))
+        return self._anonymised[split]
 
-    def evaluator(self, counts_fn, split: str) -> Callable[[TrainState], dict]:
+    def _anonymise(self, source: ArraySource) -> ArraySource:
+        frozen = {n: self.network(n) for n in ANONYMISER}
+        chain = jax.jit(lambda video: to_uint8(compensated_clips(self.nets, frozen, video)))
+        out = []
+        for batch in iterate_once(source, self.config.train.eval_batch_size):
+            clips = np.asarray(jax.device_get(chain(global_batch({"video": batch["video"]}, self.mesh)["video"])))
+            out.append(clips[batch["mask"]])
+        return ArraySource({**source.arrays, "video": np.concatenate(out)})
+
+    def evaluator(self, counts_fn, split: str, anonymised: bool = False) -> Callable[[TrainState], dict]:
         """eval_fn(state) -> {metric: value} summing ``counts_fn``'s {'correct', 'total'} over one pass."""
         jitted = jax.jit(counts_fn)
         batch_size = self.config.train.eval_batch_size
 
         def eval_fn(state) -> dict:
             sums = None
-            for batch in iterate_once(self.source(split), batch_size):
+            for batch in iterate_once(self.source(split, anonymised), batch_size):
                 out = jitted(state, global_batch(batch, self.mesh))
                 sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
             sums = jax.device_get(sums)
@@ -554,7 +581,7 @@ def run_stage(ctx: Context, stage: Stage, *, stop_after: int | None = None) -> d
         return _make_state(trained, frozen, tx)
 
     step_fn = stage.step(ctx.nets, config, tx)
-    data = make_iterator(ctx.source(stage.split), batch_size=section.batch_size,
+    data = make_iterator(ctx.source(stage.split, stage.anonymised), batch_size=section.batch_size,
                          seed=stage_seed(config, stage.name))
     eval_every = section.get("eval_every") or None
     log_every = min(config.train.log_every, section.steps)
