@@ -26,6 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.num_frames = 16  # the paper's code samples 16 frames with stride n // 16
     c.data.image_size = image_size
     c.data.wild_name = "dfew"  # expression-controller pretraining set (paper: 3,600 DFEW clips)
+    c.data.tfds_name = f"cremad/{image_size}"  # what `ppfer-jax prepare cremad --image_size N` builds in data_dir
+    # C_fc's frames: `ppfer-jax prepare dfew --one_random_frame --image_size N` (official fold 1's train split)
+    c.data.wild_tfds_name = f"dfew/fold1-{image_size}-frame"
 
     c.wavelet = ml_collections.ConfigDict()
     c.wavelet.name = "haar"
@@ -33,17 +36,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.wavelet.spatiotemporal = False
 
     c.model = ml_collections.ConfigDict()
+    # Every spec's init_from: a `ppfer-jax convert` output directory to start that network from (e.g.
+    # ImageNet ResNet-50 for the controllers, Kinetics R3D-18 for F_u, as the paper does); None: fresh init.
     # Paper's code: milesial U-Net (bilinear, 64-1024) with a sigmoid head on both bands. Ours: the same
     # U-Net with a linear head, because a sigmoid cannot output the detail bands' negative half.
-    c.model.enhancer_low = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 2.0))
-    c.model.enhancer_high = dict(name="unet", features=64, depth=4, head="linear", out_range=(-1.0, 1.0))
-    c.model.identity_controller = dict(name="resnet50", width=64, small_input=False)
-    c.model.validator = dict(name="resnet50", width=64, small_input=False)
-    c.model.expression_controller = dict(name="resnet50", width=64, small_input=False)
+    c.model.enhancer_low = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 2.0),
+                                init_from=None)
+    c.model.enhancer_high = dict(name="unet", features=64, depth=4, head="linear", out_range=(-1.0, 1.0),
+                                 init_from=None)
+    c.model.identity_controller = dict(name="resnet50", width=64, small_input=False, init_from=None)
+    c.model.validator = dict(name="resnet50", width=64, small_input=False, init_from=None)
+    c.model.expression_controller = dict(name="resnet50", width=64, small_input=False, init_from=None)
     # Paper: U-ViT-H/2 (ImageNet 256x256 weights, which work on 32x32x4 autoencoder latents); here it runs
     # on 112 px frames directly, so patch 2 means 56x56 = 3136 tokens per frame.
-    c.model.compensator = dict(name="uvit", size="H", patch_size=2)
-    c.model.utility = dict(name="r3d_18", width=64)
+    c.model.compensator = dict(name="uvit", size="H", patch_size=2, init_from=None)
+    c.model.utility = dict(name="r3d_18", width=64, init_from=None)
 
     c.rng_impl = "threefry2x32"  # PRNG of every key (the synthetic CPU config uses 'rbg' for compile speed)
     c.privacy = ml_collections.ConfigDict()

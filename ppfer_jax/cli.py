@@ -1,8 +1,9 @@
-"""`ppfer-jax` command line: ``run``, ``check`` and ``show-data``.
+"""`ppfer-jax` command line: ``run``, ``check``, ``show-data`` and ``convert``.
 
 ``run`` trains every stage of the method that is not finished in ``--workdir``
 (see ``ppfer_jax.pipeline``), evaluates, writes report.md/json/png and prints
-Table 1 and Table 2.
+Table 1 and Table 2. ``prepare cremad|dfew`` builds a real data set from the user's own
+download (CREMA-D, DFEW) as TFDS array_record files.
 
 Configs are named big_vision style, ``--config configs/synthetic.py[:arg]``, and any
 key can be overridden with ``--config.a.b=value`` (unknown keys stop the run).
@@ -53,6 +54,42 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--split", default="train", help="train | test | wild (default train)")
     show.add_argument("--clips", type=int, default=6, help="number of clips (rows) to show (default 6)")
     show.add_argument("--out", type=Path, default=Path("data_preview.png"), help="PNG path (default data_preview.png)")
+    convert = command("convert", _convert, "convert a PyTorch checkpoint (.pth) into Flax variables for init_from")
+    convert.add_argument("source", type=Path, help="the .pth file (a state dict)")
+    convert.add_argument("--model", required=True, help="resnet18 | resnet34 | resnet50 | r3d_18 | unet | uvit")
+    convert.add_argument("--out", type=Path, required=True, help="output directory (variables.msgpack, spec.json)")
+    convert.add_argument("--num-classes", type=int, default=None,
+                         help="classifiers: the configured class count (a different head is re-initialised)")
+    convert.add_argument("--in-channels", type=int, default=3, help="input channels (9 for a high-band network)")
+    convert.add_argument("--field", action="append", default=[], metavar="KEY=VALUE",
+                         help="a model field, e.g. width=64, size=H, out_channels=9 (repeatable)")
+    prepare = command("prepare", _prepare, "build CREMA-D or DFEW as a TFDS data set from your own download "
+                      "(resumable; the --config is not used)")
+    prepare.add_argument("dataset", choices=("cremad", "dfew"))
+    prepare.add_argument("--manual_dir", type=Path, required=True,
+                         help="your download: the folder holding VideoFlash/ (CREMA-D) or EmoLabel_DataSplit/ and "
+                              "Clip/ (DFEW)")
+    prepare.add_argument("--data_dir", type=Path, default=Path("~/tensorflow_datasets"),
+                         help="where the TFDS data set goes (default ~/tensorflow_datasets, the configs' data_dir)")
+    prepare.add_argument("--image_size", type=int, default=112, help="clip frame size in pixels (default 112)")
+    prepare.add_argument("--num_frames", type=int, default=16, help="frames per clip (default 16, the paper's)")
+    prepare.add_argument("--crop", default="0.5,0.5,1",
+                         help="square face box 'centre_y,centre_x,size' as fractions of the frame height, width "
+                              "and shorter side (default 0.5,0.5,1: the largest centred square)")
+    prepare.add_argument("--max_bad_fraction", type=float, default=0.01,
+                         help="stop when more than this share of the files cannot be used (default 0.01); "
+                              "fewer are skipped and listed")
+    prepare.add_argument("--workers", type=int, default=None, help="decoding processes (default: all CPUs)")
+    prepare.add_argument("--keep_cache", action="store_true",
+                         help="keep the decoded clips under DATA_DIR/downloads/ppfer_clips after the build")
+    prepare.add_argument("--test_clips", type=int, default=None,
+                         help="cremad: test split size (default 2232, the paper's)")
+    prepare.add_argument("--split_seed", type=int, default=0, help="cremad: seed of the test split (default 0)")
+    prepare.add_argument("--fold", type=int, nargs="+", default=[1], help="dfew: official fold(s) 1-5 (default 1)")
+    prepare.add_argument("--one_random_frame", action="store_true",
+                         help="dfew: keep one random frame per clip (expression-controller pretraining)")
+    prepare.add_argument("--clip_dir", default=None,
+                         help="dfew: folder of clips under manual_dir (default Clip/clip_224x224)")
     return parser
 
 
@@ -94,6 +131,62 @@ def _show_data(config, args) -> int:
     image = synthetic.preview_grid(synthetic.spec_from_config(config), args.split, args.clips)
     save_png(args.out, image)
     print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]} px, {args.clips} {args.split} clips)")
+    return 0
+
+
+def _convert(config, args) -> int:
+    import jax
+
+    from ppfer_jax import convert
+    from ppfer_jax.config import _parse_value
+    from ppfer_jax.models import build_model
+
+    spec = {"name": args.model}
+    for item in args.field:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--field expects KEY=VALUE, got {item!r}")
+        spec[key] = _parse_value(value)
+    roles = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    if args.model == "uvit":
+        roles["in_channels"] = args.in_channels
+    model = build_model(spec, **roles)
+    state_dict = convert.load_torch_state_dict(args.source)
+    x = _dummy_input(args.model, spec.get("img_size", 32), args.in_channels)
+    target = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x, train=False)
+    variables = convert.torch_to_flax(state_dict, args.model, target)
+    out = convert.save_variables(variables, args.out, {**spec, **roles})
+    print(f"converted {len(state_dict)} tensors of {args.source} -> {out / 'variables.msgpack'}; use it with "
+          f"--config.model.<role>.init_from={out}")
+    return 0
+
+
+def _dummy_input(model: str, size: int, channels: int):
+    import jax.numpy as jnp
+
+    return jnp.zeros((1, 4, size, size, channels) if model == "r3d_18" else (1, size, size, channels))
+
+
+def _prepare(config, args) -> int:
+    import os
+
+    from absl import logging as absl_logging
+
+    from data_pipelines import cremad, dfew, video
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's notices (custom config, new folder) are not news here
+    common = dict(image_size=args.image_size, num_frames=args.num_frames, crop=video.CropBox.parse(args.crop),
+                  max_bad_fraction=args.max_bad_fraction, workers=args.workers or os.cpu_count() or 1)
+    if args.dataset == "cremad":
+        extra = {} if args.test_clips is None else {"test_clips": args.test_clips}
+        summaries = [cremad.prepare(args.manual_dir, args.data_dir, split_seed=args.split_seed,
+                                    keep_cache=args.keep_cache, **extra, **common)]
+    else:
+        clip_dir = {} if args.clip_dir is None else {"clip_dir": args.clip_dir}
+        summaries = [dfew.prepare(args.manual_dir, args.data_dir, fold=fold, one_random_frame=args.one_random_frame,
+                                  keep_cache=args.keep_cache or fold != args.fold[-1], **clip_dir, **common)
+                     for fold in args.fold]
+    print("\n".join(video.format_summary(summary) for summary in summaries))
     return 0
 
 

@@ -38,12 +38,16 @@ from data_pipelines import synthetic
 from data_pipelines.loader import iterate_once, make_iterator
 from ppfer_jax import losses, metrics, wavelets
 from ppfer_jax.augment import flip_and_shift
+from ppfer_jax.convert import load_variables
 from ppfer_jax.models import build_model
 from ppfer_jax.parallel import global_batch, replicated
 from ppfer_jax.training import TrainState, abstract_state, fit, load_best
 
 NETS = ("c_low", "c_high", "v_pl", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker")
 ANONYMISER = ("f_low", "f_high", "f_fc")  # the networks that make an anonymised split
+ROLES = {"c_low": "identity_controller", "c_high": "identity_controller", "v_pl": "validator",
+         "attacker": "validator", "c_fc": "expression_controller", "f_low": "enhancer_low",
+         "f_high": "enhancer_high", "f_fc": "compensator", "f_u": "utility"}  # network -> config.model key
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -98,23 +102,29 @@ class Nets:
 
     config: object
 
+    def spec(self, name: str) -> dict:
+        """The config's model spec of a network, ``init_from`` included."""
+        return dict(self.config.model[ROLES[name]])
+
     @functools.cached_property
     def modules(self) -> dict:
-        c, m = self.config, self.config.model
+        c = self.config
         ids, exprs = c.data.num_identities, c.data.num_expressions
-        high_channels = 3 * wavelets.num_high_bands(c.wavelet.spatiotemporal)
-        build = functools.partial(build_model, dtype=c.dtype)
-        return {
-            "c_low": build(m.identity_controller, num_classes=ids),
-            "c_high": build(m.identity_controller, num_classes=ids),
-            "v_pl": build(m.validator, num_classes=ids),
-            "attacker": build(m.validator, num_classes=ids),
-            "c_fc": build(m.expression_controller, num_classes=exprs),
-            "f_low": build(m.enhancer_low, out_channels=3),
-            "f_high": build(m.enhancer_high, out_channels=high_channels),
-            "f_fc": build(m.compensator, img_size=c.data.image_size, in_channels=3),
-            "f_u": build(m.utility, num_classes=exprs),
-        }
+        role_fields = {"c_low": dict(num_classes=ids), "c_high": dict(num_classes=ids),
+                       "v_pl": dict(num_classes=ids), "attacker": dict(num_classes=ids),
+                       "c_fc": dict(num_classes=exprs), "f_u": dict(num_classes=exprs),
+                       "f_low": dict(out_channels=3),
+                       "f_high": dict(out_channels=3 * wavelets.num_high_bands(c.wavelet.spatiotemporal)),
+                       "f_fc": dict(img_size=c.data.image_size, in_channels=3)}
+        return {name: build_model(self.spec(name), dtype=c.dtype, **fields) for name, fields in role_fields.items()}
+
+    def pretrained(self, name: str) -> dict | None:
+        """Variables from the network's ``init_from`` directory (``ppfer-jax convert`` output), else None."""
+        directory = self.spec(name).get("init_from")
+        if not directory:
+            return None
+        target = jax.eval_shape(lambda: self.init(name, jax.random.key(0, impl=self.config.rng_impl)))
+        return load_variables(Path(directory).expanduser(), target)
 
     def dummy_input(self, name: str) -> jax.Array:
         d = self.config.data
@@ -571,7 +581,10 @@ def run_stage(ctx: Context, stage: Stage, *, stop_after: int | None = None) -> d
     section = config.train[stage.train_key]
     tx = _optimizer(config, section)
     frozen = {n: ctx.network(n) for n in stage.frozen}
-    starts = {n: ctx.network(n, stage.init_from[n]) for n in stage.trains if n in stage.init_from}
+    # Where each trained network starts: an upstream stage's weights, converted weights (init_from), or fresh.
+    starts = {n: ctx.network(n, stage.init_from[n]) if n in stage.init_from else ctx.nets.pretrained(n)
+              for n in stage.trains}
+    starts = {n: v for n, v in starts.items() if v is not None}
     shape_init = ctx.shape_state(stage)
 
     def init_state():

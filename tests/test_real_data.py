@@ -1,0 +1,367 @@
+"""Real-data readers on tiny fake CREMA-D and DFEW trees of real encoded videos and JPEG frames.
+
+The trees use the real naming schemes and layouts. Every frame of a fake video is one grey level that
+encodes the frame's index, so the 16-frame sampling rule (here 4) can be read back from the built clips.
+"""
+
+import collections
+import itertools
+import pickle
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_pipelines import cremad, dfew, video
+from data_pipelines.loader import PreparedSplit, RandomResizedCrop, make_iterator
+from ppfer_jax.cli import main
+
+ACTORS = (1001, 1002, 1003)
+SENTENCES = {"DFA": "XX", "IEO": "HI"}  # sentence -> intensity level used in the fake tree
+SIZE, FRAMES = 32, 4  # built clips: 4 frames of 32x32
+SHORT = "1003_IEO_SAD_HI"  # a 3-frame video: its clip repeats the last frame
+BAD_CREMAD = {"1001_ITS_ANG_XX.flv": "unreadable video", "1002_ITS_ANG_XX.flv": "truncated",
+              "1003_ITS_XYZ_XX.flv": "unknown emotion code 'XYZ'"}
+
+
+def grey(index: int) -> int:
+    return 20 + 20 * index
+
+
+def write_video(path, num_frames, height=48, width=64, side_colour=None, codec="flv", container=None):
+    """Frame i is grey(i); with ``side_colour``, the columns outside the centred square are painted with it."""
+    with av.open(str(path), "w", format=container) as output:
+        stream = output.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(num_frames):
+            frame = np.full((height, width, 3), grey(i), np.uint8)
+            if side_colour is not None:
+                margin = (width - height) // 2
+                frame[:, :margin] = frame[:, width - margin:] = side_colour
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+
+
+def clip_greys(clip):
+    return clip.reshape(len(clip), -1).mean(axis=1)
+
+
+@pytest.fixture(scope="module")
+def cremad_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crema") / "manual"
+    videos = root / "VideoFlash"
+    videos.mkdir(parents=True)
+    for actor, (sentence, level), emotion in itertools.product(ACTORS, SENTENCES.items(), cremad.EMOTION_CODES):
+        name = f"{actor}_{sentence}_{emotion}_{level}"
+        write_video(videos / f"{name}.flv", 3 if name == SHORT else 8, side_colour=(0, 0, 255))
+    (videos / "1001_ITS_ANG_XX.flv").write_bytes(b"not a video" * 40)
+    write_video(videos / "1002_ITS_ANG_XX.flv", 12)
+    whole = (videos / "1002_ITS_ANG_XX.flv").read_bytes()
+    (videos / "1002_ITS_ANG_XX.flv").write_bytes(whole[: len(whole) * 2 // 5])
+    write_video(videos / "1003_ITS_XYZ_XX.flv", 8)
+    (root / "README.txt").write_text("not a clip")
+    return root
+
+
+def prepare_cremad(manual_dir, data_dir, **kwargs):
+    options = dict(image_size=SIZE, num_frames=FRAMES, test_clips=12, max_bad_fraction=0.1, progress=False)
+    return cremad.prepare(manual_dir, data_dir, **{**options, **kwargs})
+
+
+CREMAD_FIELDS = ("video", "identity", "expression", "actor", "sentence", "level", "name")
+
+
+def read_splits(data_dir, name, fields):
+    """split -> clip name -> example, of a prepared data set."""
+    sources = {split: PreparedSplit.open(data_dir, name, split, fields=fields) for split in ("train", "test")}
+    return {split: {example["name"].decode(): example for example in (source[i] for i in range(len(source)))}
+            for split, source in sources.items()}
+
+
+@pytest.fixture(scope="module")
+def cremad_built(cremad_tree, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("crema_data")
+    summary = prepare_cremad(cremad_tree, data_dir)
+    return summary, read_splits(data_dir, f"cremad/{summary['config']}", CREMAD_FIELDS), data_dir
+
+
+def test_cremad_clips_have_the_configured_shape_and_the_labels_of_their_names(cremad_built):
+    _, splits, _ = cremad_built
+    for name, example in {**splits["train"], **splits["test"]}.items():
+        actor, sentence, emotion, level = name.split("_")
+        assert example["video"].shape == (FRAMES, SIZE, SIZE, 3) and example["video"].dtype == np.uint8
+        assert example["identity"] == int(actor) - 1001 and example["actor"] == int(actor)
+        assert example["expression"] == cremad.EMOTION_CODES.index(emotion)
+        assert example["sentence"].decode() == sentence and example["level"].decode() == level
+
+
+def test_cremad_frames_follow_the_papers_sampling_and_the_face_box_is_cropped(cremad_built):
+    _, splits, _ = cremad_built
+    clips = {name: example["video"] for name, example in {**splits["train"], **splits["test"]}.items()}
+    # 8 frames -> stride 8 // 4 = 2: frames 0, 2, 4, 6; 3 frames -> 0, 1, 2, 2 (last repeated)
+    np.testing.assert_allclose(clip_greys(clips["1001_DFA_ANG_XX"]), [grey(i) for i in (0, 2, 4, 6)], atol=8)
+    np.testing.assert_allclose(clip_greys(clips[SHORT]), [grey(i) for i in (0, 1, 2, 2)], atol=8)
+    # blue bands fill a quarter of the 64-wide source frames; the centred 48x48 box leaves them out
+    blue_excess = [clip[..., 2].astype(float).mean() - clip[..., 0].mean() for clip in clips.values()]
+    assert max(blue_excess) < 10
+
+
+def test_cremad_split_is_the_requested_size_disjoint_stratified_and_written_out(cremad_built):
+    summary, splits, _ = cremad_built
+    train, test = list(splits["train"]), list(splits["test"])
+    assert (len(train), len(test)) == (24, 12) == (summary["splits"]["train"], summary["splits"]["test"])
+    assert not set(train) & set(test) and len(set(train) | set(test)) == 36
+    for split in (train, test):
+        assert {name[:4] for name in split} == {str(a) for a in ACTORS}  # every actor in both splits
+    assert collections.Counter(name[:4] for name in test) == {str(a): 4 for a in ACTORS}
+    listed = open(summary["files"]["test clip names"]).read().split()
+    assert listed == sorted(test)
+
+
+def test_cremad_bad_files_are_skipped_and_listed_with_the_reason(cremad_built, cremad_tree):
+    summary, _, _ = cremad_built
+    skipped = {path.rsplit("/", 1)[-1]: reason for path, reason in summary["skipped"].items()}
+    assert skipped.keys() == BAD_CREMAD.keys()
+    for name, reason in BAD_CREMAD.items():
+        assert reason in skipped[name], (name, skipped[name])
+    assert summary["listed"] == 39
+    text = video.format_summary(summary)
+    assert "skipped 3 of 39" in text and "1002_ITS_ANG_XX.flv: truncated" in text
+
+
+def test_cremad_stops_when_too_many_files_are_bad_and_leaves_no_data_set(cremad_tree, tmp_path):
+    with pytest.raises(ValueError, match=r"3 of 39 files .* more than max_bad_fraction=0.05.*1001_ITS_ANG_XX.flv"):
+        prepare_cremad(cremad_tree, tmp_path, max_bad_fraction=0.05)
+    assert not list(tmp_path.rglob("dataset_info.json"))
+    listing = next(tmp_path.rglob("skipped.txt")).read_text()
+    assert all(name in listing for name in BAD_CREMAD)
+
+
+def test_cremad_layout_errors_name_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing is not a directory"):
+        cremad.find_videos(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty is empty"):
+        cremad.find_videos(tmp_path / "empty")
+    (tmp_path / "wrong" / "AudioWAV").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no CREMA-D videos; expected .*VideoFlash/\\*.flv.*found: AudioWAV"):
+        cremad.find_videos(tmp_path / "wrong")
+
+
+def test_cremad_name_parsing_names_the_wrong_part():
+    clip = cremad.parse_name("x/1091_TSI_NEU_LO.flv")
+    assert (clip.identity, clip.sentence, clip.expression, clip.level) == (90, "TSI", 4, "LO")
+    for name, message in [("1001_DFA_ANG.flv", "not ActorID_Sentence_Emotion_Level"),
+                          ("1092_DFA_ANG_XX.flv", "actor 1092 outside"),
+                          ("1001_DFA_JOY_XX.flv", "unknown emotion code 'JOY'"),
+                          ("1001_DFA_ANG_ZZ.flv", "unknown intensity level 'ZZ'")]:
+        with pytest.raises(video.BadInput, match=message):
+            cremad.parse_name(name)
+
+
+def test_closed_set_split_at_cremad_size_has_2232_test_clips_and_every_actor_in_both():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(78, 86, size=91)
+    counts[-1] += 7442 - counts.sum()
+    clips = [cremad.ClipName(f"{1001 + a}_{k:03d}", 1001 + a, "DFA", k % 6, "XX")
+             for a, count in enumerate(counts) for k in range(count)]
+    test = cremad.closed_set_split(clips, cremad.PAPER_TEST_CLIPS, seed=0)
+    assert len(test) == 2232
+    per_actor = collections.Counter(stem[:4] for stem in test)
+    for a, count in enumerate(counts):
+        assert abs(per_actor[str(1001 + a)] - count * 2232 / 7442) < 1  # proportional, so in both splits
+    assert cremad.closed_set_split(clips[::-1], 2232, seed=0) == test  # order does not matter
+    assert cremad.closed_set_split(clips, 2232, seed=1) != test
+    with pytest.raises(ValueError, match="every actor must be in both splits"):
+        cremad.closed_set_split(clips, 50, seed=0)
+
+
+def test_cremad_prepare_resumes_from_cached_clips_and_then_removes_the_cache(cremad_tree, tmp_path):
+    spec = cremad.config_for(SIZE, num_frames=FRAMES, test_clips=12).clip
+    cache = video.clip_cache_dir(tmp_path / "downloads", "cremad", spec)
+    cache.mkdir(parents=True)
+    np.save(cache / "1002_DFA_HAP_XX.npy", np.full(spec.shape, 7, np.uint8))  # as an interrupted run left it
+    summary = prepare_cremad(cremad_tree, tmp_path)
+    splits = read_splits(tmp_path, f"cremad/{summary['config']}", ("video", "name"))
+    reused = {**splits["train"], **splits["test"]}["1002_DFA_HAP_XX"]["video"]
+    assert (reused == 7).all()
+    assert not cache.exists()
+
+
+def test_prepare_command_builds_reports_and_resumes_and_bad_input_is_one_line(cremad_tree, tmp_path, capsys):
+    args = ["prepare", "cremad", "--manual_dir", str(cremad_tree), "--data_dir", str(tmp_path), "--image_size",
+            str(SIZE), "--num_frames", str(FRAMES), "--test_clips", "12", "--max_bad_fraction", "0.1",
+            "--workers", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "prepared at" in out and "train: 24 clips" in out and "3 actors, 4-4 clips each" in out
+    assert "skipped 3 of 39 listed files" in out
+    assert main(args) == 0
+    assert "already prepared" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert main(["prepare", "cremad", "--manual_dir", str(tmp_path / "empty"), "--data_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ppfer-jax prepare: error: manual_dir" in err and "empty is empty" in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DFEW
+
+DFEW_TRAIN = {str(k): (k - 1) % 7 + 1 for k in range(1, 15)}  # clips 1..14, labels 1..7 twice
+DFEW_TEST = {str(k): k - 14 for k in range(15, 22)}  # clips 15..21, labels 1..7
+AS_VIDEO = ("00003", "00017")  # stored as .mp4 instead of a frame directory
+CORRUPT_FRAME = "00005"  # frame 2 of this clip is not a JPEG
+MISSING = "22"  # listed in the train file, absent from Clip/
+
+
+def write_labels(path, labels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("video_name,label\n" + "".join(f"{name},{label}\n" for name, label in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def dfew_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dfew") / "manual"
+    clips = root / "Clip" / "clip_224x224"
+    for name in itertools.chain(DFEW_TRAIN, DFEW_TEST):
+        name = name.zfill(5)
+        if name in AS_VIDEO:
+            clips.mkdir(parents=True, exist_ok=True)
+            write_video(clips / f"{name}.mp4", 6, height=40, width=40, codec="mpeg4")
+            continue
+        (clips / name).mkdir(parents=True)
+        for i in range(6):  # unpadded numbers: frame 10 must not sort before frame 2
+            Image.fromarray(np.full((40, 40, 3), grey(i), np.uint8)).save(clips / name / f"{name}_{i + 1}.jpg")
+    (clips / CORRUPT_FRAME / f"{CORRUPT_FRAME}_3.jpg").write_bytes(b"not a jpeg")
+    labels = root / dfew.LABEL_DIR
+    write_labels(labels / "train(single-labeled)" / "set_1.csv", {**DFEW_TRAIN, MISSING: 1})
+    write_labels(labels / "test(single-labeled)" / "set_1.csv", DFEW_TEST)
+    return root
+
+
+def prepare_dfew(manual_dir, data_dir, **kwargs):
+    options = dict(fold=1, image_size=24, num_frames=FRAMES, max_bad_fraction=0.1, progress=False)
+    return dfew.prepare(manual_dir, data_dir, **{**options, **kwargs})
+
+
+def test_dfew_fold_splits_labels_and_clips_from_frame_directories_and_videos(dfew_tree, tmp_path):
+    summary = prepare_dfew(dfew_tree, tmp_path)
+    splits = read_splits(tmp_path, f"dfew/{summary['config']}", ("video", "expression", "name"))
+    train, test = splits["train"], splits["test"]
+    good_train = {k.zfill(5): v for k, v in DFEW_TRAIN.items() if k.zfill(5) != CORRUPT_FRAME}
+    assert {name: int(e["expression"]) + 1 for name, e in train.items()} == good_train
+    assert {name: int(e["expression"]) + 1 for name, e in test.items()} == {k.zfill(5): v for k, v in
+                                                                          DFEW_TEST.items()}
+    assert summary["splits"] == {"train": 13, "test": 7} and summary["per_class"]["test"]["fear"] == 1
+    for name, example in {**train, **test}.items():
+        assert example["video"].shape == (FRAMES, 24, 24, 3), name
+        # 6 frames -> stride 1: frames 0..3, in frame order whatever the padding of the file names
+        np.testing.assert_allclose(clip_greys(example["video"]), [grey(i) for i in range(4)], atol=8)
+    skipped = summary["skipped"]
+    assert len(skipped) == 2
+    assert any(path.endswith(f"{CORRUPT_FRAME}_3.jpg") and "unreadable image" in r for path, r in skipped.items())
+    assert any(path.endswith("00022") and "neither a frame directory nor a video" in r for path, r in skipped.items())
+
+
+def test_dfew_one_random_frame_per_clip(dfew_tree, tmp_path):
+    summary = prepare_dfew(dfew_tree, tmp_path, one_random_frame=True)
+    assert summary["config"] == "fold1-24-frame"
+    splits = read_splits(tmp_path, f"dfew/{summary['config']}", ("video", "name"))
+    clips = {**splits["train"], **splits["test"]}
+    chosen = []
+    for example in clips.values():
+        assert example["video"].shape == (1, 24, 24, 3)
+        level = clip_greys(example["video"])[0]
+        chosen.append(min(range(6), key=lambda i: abs(grey(i) - level)))
+        assert abs(grey(chosen[-1]) - level) < 8  # one of the clip's own frames
+    assert len(set(chosen)) > 2  # drawn from the whole clip, not always the same frame
+
+
+def test_dfew_bad_label_files_name_the_file_and_line(dfew_tree, tmp_path):
+    manual = tmp_path / "manual"
+    (manual / "Clip" / "clip_224x224").mkdir(parents=True)
+    write_labels(manual / dfew.LABEL_DIR / "train(single-labeled)" / "set_2.csv", {"1": 3, "2": 9})
+    write_labels(manual / dfew.LABEL_DIR / "test(single-labeled)" / "set_2.csv", {"3": 1})
+    with pytest.raises(ValueError, match=r"set_2.csv, line 3: label '9' of clip 00002 is not one of 1..7"):
+        prepare_dfew(manual, tmp_path / "data", fold=2)
+    with pytest.raises(FileNotFoundError, match=r"train\(single-labeled\)/set_3.csv not found"):
+        dfew.fold_labels(manual, 3)
+    with pytest.raises(ValueError, match="Clip: no EmoLabel_DataSplit/ folder .* found: clip_224x224"):
+        dfew.fold_labels(dfew_tree / "Clip", 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading prepared data
+
+
+class NoiseClips:
+    def __init__(self, size=6, shape=(3, 24, 24, 3)):
+        self.videos = np.random.default_rng(0).integers(0, 256, (size, *shape), dtype=np.uint8)
+
+    def __len__(self):
+        return len(self.videos)
+
+    def __getitem__(self, index):
+        return {"video": self.videos[index], "index": np.int32(index)}
+
+
+def test_random_resized_crop_boxes_follow_torchvision_ranges():
+    crop, rng = RandomResizedCrop(), np.random.default_rng(0)
+    for height, width in [(112, 112), (48, 64)]:
+        for _ in range(300):
+            top, left, h, w = crop.box(rng, height, width)
+            assert 0 <= top and top + h <= height and 0 <= left and left + w <= width
+            assert 0.8 - 0.04 <= h * w / (height * width) <= 1.0
+            assert 3 / 4 - 0.05 <= w / h <= 4 / 3 + 0.05
+    top, left, h, w = crop.box(rng, 10, 100)  # no draw fits: the centred fallback of the widest allowed aspect
+    assert (top, h, w) == (0, 10, 13) and left == 43
+
+
+def test_random_resized_crop_takes_one_box_for_all_frames_and_resizes_it_back():
+    ramp = np.broadcast_to(np.linspace(0, 255, 100).astype(np.uint8)[None, :, None], (100, 100, 3))
+    clip = np.stack([ramp, ramp, ramp])
+    crop = RandomResizedCrop()
+    out = crop.random_map({"video": clip, "label": 3}, np.random.default_rng(5))
+    assert out["label"] == 3 and out["video"].shape == clip.shape and out["video"].dtype == np.uint8
+    assert (out["video"] == out["video"][0]).all()  # the same box in every frame
+    _, left, _, w = crop.box(np.random.default_rng(5), 100, 100)
+    row = out["video"][0, 50, :, 0].astype(float) * 99 / 255  # back to source x coordinates
+    assert w < 100 and abs(row[0] - (left + 0.5 * w / 100 - 0.5)) < 1.5 and abs(row[-1] - (left + w - 1)) < 1.5
+    again = crop.random_map({"video": clip}, np.random.default_rng(5))["video"]
+    assert (again == out["video"]).all()
+
+
+def test_augmented_iterator_redraws_each_epoch_and_repeats_with_the_seed():
+    def epochs(seed):
+        iterator = make_iterator(NoiseClips(), batch_size=6, seed=seed, shuffle=False, shard_index=0, shard_count=1,
+                                 transform=RandomResizedCrop())
+        return next(iterator)["video"], next(iterator)["video"]
+
+    first, second = epochs(0)
+    assert (first != second).any(axis=(1, 2, 3, 4)).all()  # every clip is cropped anew in epoch 2
+    assert all((a == b).all() for a, b in zip(epochs(0), (first, second)))
+    assert (epochs(1)[0] != first).any()
+
+
+def test_prepared_split_feeds_the_grain_loader_in_worker_processes(cremad_built, tmp_path):
+    summary, _, data_dir = cremad_built
+    source = PreparedSplit.open(data_dir, f"cremad/{summary['config']}", "train")
+    assert set(source[0]) == {"video", "identity", "expression", "actor"}  # text fields only when asked for
+    assert source[0]["identity"].dtype == np.int32
+    assert len(pickle.dumps(source)) < 1000  # workers get the path, not the data
+    batches = [next(make_iterator(source, batch_size=8, seed=0, shard_index=0, shard_count=1, worker_count=workers,
+                                  transform=RandomResizedCrop())) for workers in (0, 1)]
+    assert batches[0]["video"].shape == (8, FRAMES, SIZE, SIZE, 3)
+    for key in batches[0]:
+        np.testing.assert_array_equal(batches[0][key], batches[1][key])
+    iterator = make_iterator(source, batch_size=8, seed=0, shard_index=0, shard_count=1, transform=RandomResizedCrop())
+    next(iterator), next(iterator), next(iterator)  # past the end of the 24-clip epoch
+    state, expected = iterator.get_state(), next(iterator)
+    resumed = make_iterator(source, batch_size=8, seed=0, shard_index=0, shard_count=1, transform=RandomResizedCrop())
+    resumed.set_state(state)  # as a checkpoint restore does
+    np.testing.assert_array_equal(next(resumed)["video"], expected["video"])
+    with pytest.raises(FileNotFoundError, match="run `ppfer-jax prepare cremad"):
+        PreparedSplit.open(tmp_path, "cremad/112", "train")
