@@ -25,7 +25,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from absl import logging
 from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -90,8 +89,6 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], model: str, target: Mapp
         path, array = placed
         if array.shape != tuple(wanted[path].shape):
             if path[1] == HEADS.get(model):
-                logging.warning("convert: %s %s -> fresh head %s (class count differs)", key, array.shape,
-                                tuple(wanted[path].shape))
                 print(f"convert: head {key} {array.shape} replaced by a fresh {tuple(wanted[path].shape)} head")
                 continue
             mismatched.append(f"{key} {tuple(np.shape(value))} -> {'/'.join(path)} expects "

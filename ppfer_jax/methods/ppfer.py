@@ -450,7 +450,7 @@ def _utility_eval(ctx, *, anonymised: bool):
 
 def _attack_loss(nets, config):
     def loss_fn(params, batch_stats, frozen, batch, rng):
-        frame = random_frames(rng, to_float(batch["video"]))
+        frame = to_float(random_frames(rng, batch["video"]))  # convert one frame, not the clip
         logits, stats = nets.apply_train("attacker", params["attacker"], batch_stats["attacker"], frame)
         return losses.cross_entropy(logits, batch["identity"]), (
             {"acc": metrics.accuracy(logits, batch["identity"])}, {"attacker": stats})
