@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
                                      workers=min(2, os.cpu_count() or 1), progress=False)
             took = time.perf_counter() - start
             name = f"cremad/{summary['config']}"
+            stored = sum(f.stat().st_size for f in (data_dir / name).rglob("*.array_record*"))
             print(f"prepare: {args.fake_clips} fake 48-frame 240x180 FLV clips in {took:.1f} s "
-                  f"({args.fake_clips / took:.1f} clips/s, decode + crop + resize + TFDS write, 2 processes)")
+                  f"({args.fake_clips / took:.1f} clips/s, decode + crop + resize + TFDS write, 2 processes); "
+                  f"stored {stored / args.fake_clips / 1e3:.0f} kB per clip")
         source = PreparedSplit(PreparedSplit.open(data_dir, name, "train").directory, "train",
                                fields=("video", "identity", "expression"))
         shape = source[0]["video"].shape

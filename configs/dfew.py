@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.frame_tfds_name = f"dfew/fold{fold}-{image_size}-frame"  # one random frame per clip (C_fc)
     c.data.num_identities = 0  # DFEW has no identity labels
     c.data.num_expressions = 7  # happy, sad, neutral, angry, surprise, disgust, fear (label 1..7 in the csvs)
+    c.data.val_fraction = 0.05  # of the fold's train clips, held out for monitoring (see configs/cremad.py)
     c.data.num_frames = 16  # the paper's code samples 16 frames with stride n // 16
     c.data.image_size = image_size
     return c

@@ -8,7 +8,7 @@ differs from the paper's, the paper's value is written beside it.
 
 import ml_collections
 
-from configs.common import stage
+from configs.common import parallelism, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.num_wild_identities = 6 if tiny else 12  # DFEW stand-in, disjoint people
     c.data.clips_per_identity_train = 12 if tiny else 48
     c.data.clips_per_identity_test = 6 if tiny else 12
+    c.data.clips_per_identity_val = 6  # monitoring and checkpoint selection (s1); the test split is final only
     c.data.clips_per_identity_wild = 12 if tiny else 24
     c.data.num_frames = 4 if tiny else 8  # paper: 16
     c.data.image_size = 32  # paper: 112
@@ -64,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     """Sections of the PPFER stages: objective choices and each stage's schedule."""
     c.rng_impl = "rbg"  # PRNG of every key: rbg inits/compiles much faster than threefry on CPU
+    c.update(parallelism(fsdp=1))  # one CPU device: nothing to shard; see configs/common.py
 
     c.privacy = ml_collections.ConfigDict()
     # Algorithm 1's objective for the enhancers against the frozen band controllers:
@@ -86,11 +88,13 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.evaluate.figure_clips = 2  # test clips shown in report.png (rows: original, low, high, G, C)
 
     t = c.train = ml_collections.ConfigDict()
-    t.optimizer = "adam"  # paper: not stated (official code: Adam)
+    t.optimizer = "adam"  # or "sgd" (momentum 0.9); paper: not stated (official code: Adam)
     t.log_every = 10
     t.checkpoint_every = 100  # also where an interrupted stage resumes from
-    # Utility-model training clips (s3/utility, no_privacy): random horizontal flip and +-max_shift px shift.
-    t.augment = ml_collections.ConfigDict(dict(flip=True, max_shift=0))
+    # Utility-model training clips (s3/utility, no_privacy): random horizontal flip, +-max_shift px shift, and
+    # the paper's random resized crop (area scale range, e.g. (0.8, 1.0); None: off, as +-2 px shifts slowed learning).
+    t.augment = ml_collections.ConfigDict(dict(flip=True, max_shift=0, resized_crop_scale=None))
+    t.loader_workers = 0  # grain worker processes per stage loader (0: in the main process; the set is in memory)
     t.eval_batch_size = 48 if tiny else 72
 
     # Paper: epochs, batch sizes and learning rates are not stated for any stage.

@@ -212,6 +212,10 @@ class PreparedSplit:
             raise ValueError(f"{self.directory}: no field {', '.join(unknown)}; it has {', '.join(features)}")
         return self._fields
 
+    def class_names(self, field: str) -> tuple[str, ...]:
+        """The names of a ClassLabel field's classes, in label order."""
+        return tuple(self._source.dataset_info.features[field].names)
+
     def __len__(self) -> int:
         return len(self._source)
 

@@ -17,11 +17,12 @@ nothing is stored. It models what the paper relies on:
 * **nuisance**: head translation, scale and roll drifting over the clip; light gain,
   gradient and colour balance; sensor noise.
 
-Splits: ``train`` and ``test`` show the same people (closed set, as CREMA-D in the
-paper); ``wild`` shows other people (the DFEW stand-in for the expression
-controller), labelled 0..num_wild_identities-1. Clip ``index`` of a split belongs
-to identity ``index // clips_per_identity`` and shows ``EXPRESSIONS[index % 6]``,
-so each split is balanced over identity x expression.
+Splits: ``train``, ``val`` and ``test`` show the same people (closed set, as CREMA-D in
+the paper; ``val`` selects checkpoints, so only the final evaluation reads ``test``);
+``wild`` shows other people (the DFEW stand-in for the expression controller), labelled
+0..num_wild_identities-1. Clip ``index`` of a split belongs to identity
+``index // clips_per_identity`` and shows ``EXPRESSIONS[index % 6]``, so each split
+is balanced over identity x expression.
 
 The renderer's inputs are kept apart -- ``identity_traits``,
 ``expression_trajectory``, ``sample_nuisance`` -> ``render_clip`` -- so a clip can
@@ -38,11 +39,11 @@ import operator
 import numpy as np
 
 EXPRESSIONS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
-SPLITS = ("train", "test", "wild")
+SPLITS = ("train", "val", "test", "wild")
 ACTIONS = ("mouth_curve", "mouth_open", "mouth_stretch", "brow_raise", "brow_tilt", "eye_open", "nose_wrinkle")
 
-_SPLIT_CODE = {"train": 0, "test": 1, "wild": 2}
-_POPULATION = {"train": 0, "test": 0, "wild": 1}  # train and test show the same people
+_SPLIT_CODE = {"train": 0, "test": 1, "wild": 2, "val": 3}
+_POPULATION = {"train": 0, "val": 0, "test": 0, "wild": 1}  # train, val and test show the same people
 _TRAITS_STREAM, _CLIP_STREAM = 1, 2  # keep person draws and clip draws apart for equal numbers
 _CLIP_ID_SPLIT_SHIFT = 40  # clip_id = split code << 40 | index: unique over the splits of a spec
 
@@ -79,6 +80,7 @@ class SyntheticSpec:
     clips_per_identity_train: int = 24
     clips_per_identity_test: int = 12
     clips_per_identity_wild: int = 12
+    clips_per_identity_val: int = 6
     num_frames: int = 8
     image_size: int = 32
     seed: int = 0
@@ -101,7 +103,7 @@ class SyntheticSpec:
             raise ValueError(f"seed: expected an integer below 2**63, got {self.seed}")
 
     def identities(self, split: str) -> int:
-        """Number of people in a split (train and test share theirs)."""
+        """Number of people in a split (train, val and test share theirs)."""
         return self.num_wild_identities if _check_split(split) == "wild" else self.num_identities
 
     def clips_per_identity(self, split: str) -> int:
@@ -123,6 +125,7 @@ def spec_from_config(config) -> SyntheticSpec:
         clips_per_identity_train=data.clips_per_identity_train,
         clips_per_identity_test=data.clips_per_identity_test,
         clips_per_identity_wild=data.clips_per_identity_wild,
+        clips_per_identity_val=data.clips_per_identity_val,
         num_frames=data.num_frames,
         image_size=data.image_size,
         seed=config.seed,
@@ -186,7 +189,7 @@ def trait_vector(traits: Traits) -> np.ndarray:
 
 
 def identity_traits(spec: SyntheticSpec, split: str, identity: int) -> Traits:
-    """The traits of person ``identity`` of a split; train and test share people, wild has its own."""
+    """The traits of person ``identity`` of a split; train, val and test share people, wild has its own."""
     count = spec.identities(split)
     if not 0 <= identity < count:
         raise ValueError(f"identity: expected 0 <= identity < {count} for split {split!r}, got {identity}")

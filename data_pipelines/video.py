@@ -161,14 +161,14 @@ def decode_video(path: Path) -> list:
     """Every frame of the first video stream, as PyAV frames (converted to RGB only when kept)."""
     import av  # only the preparing process and its workers need FFmpeg
 
-    _check_file(path)
+    check_file(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise BadInput(path, "no video stream in the file")
             stream = container.streams.video[0]
             frames = list(container.decode(stream))
-            announced = _announced_frames(container, stream)
+            announced = announced_frames(container, stream)
     except (av.error.FFmpegError, OSError) as error:
         raise BadInput(path, f"unreadable video ({getattr(error, 'strerror', None) or error})") from None
     if not frames:
@@ -188,20 +188,20 @@ def _video_clip(path: Path, spec: ClipSpec, name: str) -> np.ndarray:
 
 
 def _images_clip(directory: Path, spec: ClipSpec, name: str) -> np.ndarray:
-    images = sorted((p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_order)
+    images = sorted((p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_order)
     if not images:
         raise BadInput(directory, f"no frame images ({', '.join(IMAGE_SUFFIXES)}) in the clip's directory")
-    return np.stack([crop_and_resize(_read_image(images[i]), spec.crop, spec.image_size)
+    return np.stack([crop_and_resize(read_image(images[i]), spec.crop, spec.image_size)
                      for i in spec.frame_indices(len(images), name)])
 
 
-def _natural_order(path: Path) -> list:
+def natural_order(path: Path) -> list:
     """Frame 2 before frame 10 whether or not the numbers in the names are zero-padded."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.name)]
 
 
-def _read_image(path: Path) -> np.ndarray:
-    _check_file(path)
+def read_image(path: Path) -> np.ndarray:
+    check_file(path)
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
@@ -209,7 +209,7 @@ def _read_image(path: Path) -> np.ndarray:
         raise BadInput(path, f"unreadable image ({error})") from None
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     try:
         with open(path, "rb") as file:
             head = file.read(len(_LFS_POINTER))
@@ -221,7 +221,7 @@ def _check_file(path: Path) -> None:
         raise BadInput(path, "a Git LFS pointer, not the media itself: fetch the real files with `git lfs pull`")
 
 
-def _announced_frames(container, stream) -> int:
+def announced_frames(container, stream) -> int:
     """Frames the header promises: the stream's count, else duration x frame rate (FLV has no count)."""
     if stream.frames:
         return int(stream.frames)

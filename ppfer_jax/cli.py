@@ -1,9 +1,10 @@
-"""`ppfer-jax` command line: ``run``, ``check``, ``show-data`` and ``convert``.
+"""`ppfer-jax` command line: ``run``, ``check``, ``show-data``, ``convert``, ``prepare``, ``export``, ``anonymize``.
 
 ``run`` trains every stage of the method that is not finished in ``--workdir``
 (see ``ppfer_jax.pipeline``), evaluates, writes report.md/json/png and prints
 Table 1 and Table 2. ``prepare cremad|dfew`` builds a real data set from the user's own
-download (CREMA-D, DFEW) as TFDS array_record files.
+download (CREMA-D, DFEW) as TFDS array_record files. ``export`` writes a finished run's
+anonymiser as an inference bundle, and ``anonymize`` turns videos into anonymised mp4s with it.
 
 Configs are named big_vision style, ``--config configs/synthetic.py[:arg]``, and any
 key can be overridden with ``--config.a.b=value`` (unknown keys stop the run).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 from ppfer_jax.config import DEFAULT_CONFIG, load_config
@@ -90,17 +92,47 @@ def _parser() -> argparse.ArgumentParser:
                          help="dfew: keep one random frame per clip (expression-controller pretraining)")
     prepare.add_argument("--clip_dir", default=None,
                          help="dfew: folder of clips under manual_dir (default Clip/clip_224x224)")
+    export = command("export", _export, "write a finished run's anonymiser (F_lpr, F_hpr, F_fc; F_u on request) as a "
+                     "self-contained inference bundle directory (the --config is not used)")
+    export.add_argument("--workdir", type=Path, default=Path("workdir"), help="the run's --workdir (default ./workdir)")
+    export.add_argument("--out", type=Path, required=True, help="the bundle directory to write")
+    export.add_argument("--with-utility", action="store_true",
+                        help="include the utility model F_u, for `anonymize --predictions`")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    anonymize = command("anonymize", _anonymize, "anonymise videos with an exported bundle into mp4s of "
+                        "privacy-preserved, feature-compensated frames (the --config is not used)")
+    anonymize.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
+                           help="video files (.mp4 .avi .flv .mov .mkv .webm) or directories of frame images")
+    anonymize.add_argument("--bundle", type=Path, required=True, help="a `ppfer-jax export` directory")
+    anonymize.add_argument("-o", "--out", type=Path, required=True,
+                           help="the output .mp4 (one input), or a directory for <input name>.mp4 files")
+    anonymize.add_argument("--predictions", action="store_true",
+                           help="write F_u's expression per clip of T frames to a .json beside each mp4 "
+                                "(needs a bundle exported --with-utility)")
+    anonymize.add_argument("--keep-size", action="store_true",
+                           help="write the input's resolution (its centred square) instead of the bundle's")
+    anonymize.add_argument("--full-colour", action="store_true",
+                           help="encode H.264 4:4:4, keeping the anonymised frames' colour at full resolution "
+                                "(default 4:2:0, which every player reads, halves it; many players cannot play 4:4:4)")
+    anonymize.add_argument("--fps", type=Fraction, default=Fraction(25),
+                           help="frame rate of a directory of frames, e.g. 25 or 30000/1001 (default 25)")
+    anonymize.add_argument("--batch-clips", type=int, default=8,
+                           help="clips of T frames anonymised per jitted call (default 8)")
     return parser
 
 
 def _run(config, args) -> int:
     import time
 
+    from absl import flags
     from absl import logging as absl_logging
 
     from ppfer_jax import pipeline, report
+    from ppfer_jax.parallel import initialize_distributed
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-restore read-only notices drown the progress
+    flags.FLAGS.mark_as_parsed()  # grain's loader worker processes read absl flags
+    initialize_distributed(config)  # multi-host runs: join the other processes before touching a device
     start = time.perf_counter()
     try:
         result = pipeline.run(config, args.workdir, rerun=args.stage)
@@ -138,7 +170,7 @@ def _convert(config, args) -> int:
     import jax
 
     from ppfer_jax import convert
-    from ppfer_jax.config import _parse_value
+    from ppfer_jax.config import parse_value
     from ppfer_jax.models import build_model
 
     spec = {"name": args.model}
@@ -146,7 +178,7 @@ def _convert(config, args) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--field expects KEY=VALUE, got {item!r}")
-        spec[key] = _parse_value(value)
+        spec[key] = parse_value(value)
     roles = {"num_classes": args.num_classes} if args.num_classes is not None else {}
     if args.model == "uvit":
         roles["in_channels"] = args.in_channels
@@ -187,6 +219,35 @@ def _prepare(config, args) -> int:
                                   keep_cache=args.keep_cache or fold != args.fold[-1], **clip_dir, **common)
                      for fold in args.fold]
     print("\n".join(video.format_summary(summary) for summary in summaries))
+    return 0
+
+
+def _export(config, args) -> int:
+    from absl import logging as absl_logging
+
+    from ppfer_jax import export
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-restore read-only notices
+    out = export.export(args.workdir, args.out, with_utility=args.with_utility, overwrite=args.overwrite)
+    print(export.format_summary(export.load_bundle(out)))
+    return 0
+
+
+def _anonymize(config, args) -> int:
+    from ppfer_jax import anonymize, export
+
+    if args.batch_clips < 1:
+        raise ValueError(f"--batch-clips: expected a positive number of clips, got {args.batch_clips}")
+    if args.fps <= 0:
+        raise ValueError(f"--fps: expected a positive frame rate, got {args.fps}")
+    bundle = export.load_bundle(args.bundle)
+    results, failures = anonymize.anonymize_all(bundle, args.inputs, args.out, predictions=args.predictions,
+                                                keep_size=args.keep_size, full_colour=args.full_colour, fps=args.fps,
+                                                batch_clips=args.batch_clips)
+    if failures:
+        print(f"ppfer-jax anonymize: {len(failures)} of {len(args.inputs)} inputs failed: "
+              f"{', '.join(map(str, failures))}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -51,7 +51,7 @@ def _coerce(key: str, old, raw: str):
         raise ValueError(f"config key {key!r} is a section; override one of its keys: {', '.join(sorted(old))}")
     if isinstance(old, str):
         return raw
-    new = _parse_value(raw)
+    new = parse_value(raw)
     if old is None or type(new) is type(old):
         return new
     if isinstance(old, float) and type(new) is int:
@@ -76,7 +76,7 @@ def _walk_to_parent(config, dotted: str):
         node = node[part]
 
 
-def _parse_value(raw: str):
+def parse_value(raw: str):
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):

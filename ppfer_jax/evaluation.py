@@ -63,7 +63,7 @@ def evaluate(ctx: Context) -> dict:
 
     jitted = jax.jit(counts)
     sums = None
-    for batch in iterate_once(ctx.source("test"), config.train.eval_batch_size):
+    for batch in iterate_once(ctx.source("test"), ctx.eval_batch_size):
         out = jitted(variables, global_batch(batch, ctx.mesh))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
@@ -93,7 +93,7 @@ def evaluate(ctx: Context) -> dict:
         "controllers_after_privacy": {"C_lpr on F_lpr(low)": privacy["best"]["metrics"]["c_low_acc"],
                                       "C_hpr on F_hpr(high)": privacy["best"]["metrics"]["c_high_acc"],
                                       "selected_step": privacy["best"]["step"]},
-        "expression_controller": {"C_fc on clean test frames": expression["c_fc_acc_test_frames"],
+        "expression_controller": {"C_fc on clean val frames": expression["c_fc_acc_val_frames"],
                                   "C_fc on G": compensation["c_fc_acc_on_g"],
                                   "C_fc on C": compensation["c_fc_acc_on_c"]},
         "ssim": {"original_vs_C": r["ssim_c"], "original_vs_G": r["ssim_g"]},
@@ -102,10 +102,16 @@ def evaluate(ctx: Context) -> dict:
 
 
 def figure_rows(ctx: Context, num_clips: int) -> tuple[list[np.ndarray], list[str]]:
-    """For the first test clips of each identity: original, low band, |high band|, G, C (float, [0, 1])."""
+    """For the first test clips of different people: original, low band, |high band|, G, C (float, [0, 1])."""
     source = ctx.source("test")
-    per_identity = len(source) // ctx.config.data.num_identities
-    indices = [i * per_identity for i in range(min(num_clips, ctx.config.data.num_identities))]
+    indices, seen = [], set()
+    for index in range(len(source)):
+        identity = int(source[index]["identity"])
+        if identity not in seen:
+            seen.add(identity)
+            indices.append(index)
+        if len(indices) == num_clips:
+            break
     video = jnp.asarray(np.stack([source[i]["video"] for i in indices]))
     variables = {n: ctx.network(n) for n in ("f_low", "f_high", "f_fc")}
     nets = ctx.nets

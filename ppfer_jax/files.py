@@ -34,3 +34,11 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomically(path: str | os.PathLike, value: Any, default: Callable[[Any], Any] | None = None) -> None:
     write_text_atomically(path, json.dumps(value, indent=2, default=default) + "\n")
+
+
+def give_default_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """The permissions a plain ``open`` (``mkdir``) would have given: ``mkstemp``'s 0600 (``mkdtemp``'s 0700)
+    suits a temp name, not a file handed on to others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)

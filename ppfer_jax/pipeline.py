@@ -24,7 +24,7 @@ import jax
 from ppfer_jax import evaluation, report
 from ppfer_jax.files import write_json_atomically
 from ppfer_jax.methods import ppfer
-from ppfer_jax.parallel import make_mesh
+from ppfer_jax.parallel import mesh_from_config
 
 EVALUATE = "evaluate"
 RESULTS_FILE = "results.json"
@@ -82,6 +82,10 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
     process were killed (tests of resume use it); the run then returns None.
     """
     workdir = Path(workdir)
+    if not config.data.num_identities:
+        raise ValueError(f"config data.name {config.data.name!r} has no identity labels, and the method needs them "
+                         f"(controllers, PLR): run it on CREMA-D (configs/cremad.py), which reads DFEW as its wild "
+                         f"set for the expression controller")
     if config.wavelet.spatiotemporal:
         raise ValueError("config wavelet.spatiotemporal=True: the enhancers of this release work frame by frame "
                          "(the paper's 2-D transform); set it to False")
@@ -92,7 +96,7 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         for name in downstream(rerun):
             shutil.rmtree(workdir / name, ignore_errors=True)
         print(f"re-running {', '.join(downstream(rerun))}")
-    ctx = ppfer.Context(config, workdir, mesh or make_mesh())
+    ctx = ppfer.Context(config, workdir, mesh or mesh_from_config(config))
     timings = _load_timings(workdir)
     for name in downstream(rerun) if rerun is not None else ():
         timings.pop(name, None)

@@ -66,10 +66,10 @@ def tables(report: dict) -> str:
 def markdown(report: dict) -> str:
     r = report["results"]
     parts = ["# PPFER report", "", tables(report), "",
-             "## Controllers (clean test accuracy on their own input, before Algorithm 1)", ""]
+             "## Controllers (clean val accuracy on their own input, before Algorithm 1)", ""]
     parts += [f"- {k}: {_pct(v)}" for k, v in r["controllers_clean_accuracy"].items()]
     parts += ["", "## After Algorithm 1 (selected step "
-              f"{r['controllers_after_privacy']['selected_step']}, by min V_pl leakage on G)", ""]
+              f"{r['controllers_after_privacy']['selected_step']}, by min V_pl leakage on G of the val split)", ""]
     parts += [f"- {k}: {_pct(v)}" for k, v in r["controllers_after_privacy"].items() if k != "selected_step"]
     parts += [f"- V_pl on G (before compensation): {_pct(r['plr_before_compensation'])}", "",
               "## Expression controller C_fc (trained on the disjoint 'wild' people)", ""]

@@ -24,6 +24,7 @@ the restored step are discarded first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -222,9 +223,9 @@ class _Loop:
 
     def run(self, state, record, compiled_step, train_data, mesh, rng, *, num_steps, log_every, eval_every,
             checkpoint_every, stop_after):
-        root_key = jax.device_put(rng, replicated(mesh))
-        # a jitted fold_in with replicated output: every process holds the same key, as a replicated input must
-        key_for_step = jax.jit(step_rng, out_shardings=replicated(mesh))
+        # Jitted with replicated outputs (device_put cannot place onto other processes' devices): every process
+        # holds the same keys, as a replicated input must.
+        key_for_step = jax.jit(functools.partial(step_rng, rng), out_shardings=replicated(mesh))
         # the best step named by the latest checkpoint: its best checkpoint must stay; newer ones are recomputed
         self.committed_best = _best_step(record)
         self.checkpoints.keep_best({self.committed_best})
@@ -235,7 +236,7 @@ class _Loop:
         with self.log, bar:
             while record.step < stop_at:
                 batch = global_batch(next(train_data), mesh)
-                state, metrics = compiled_step(state, batch, key_for_step(root_key, record.step))
+                state, metrics = compiled_step(state, batch, key_for_step(record.step))
                 record.step += 1
                 self.window.add(record.step, metrics)
                 bar.update()
@@ -353,6 +354,7 @@ class _Checkpoints:
     """
 
     def __init__(self, directory: Path, read_only: bool = False):
+        directory = Path(directory).absolute()  # orbax refuses relative paths, e.g. the default --workdir ./workdir
         options = {"latest": ocp.CheckpointManagerOptions(max_to_keep=1, read_only=read_only, create=not read_only),
                    "best": ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only)}
         self.managers = {kind: ocp.CheckpointManager(directory / kind, options=options[kind],

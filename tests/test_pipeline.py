@@ -24,9 +24,27 @@ def tiny_config(extra=()):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The tiny pipeline, recording which splits each stage reads (the evaluation is stage None)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    report = pipeline.run(tiny_config(), workdir)
-    return workdir, report
+    reads, current = [], [None]
+
+    def recording_load_split(config, split):
+        reads.append((current[0], split))
+        return load_split(config, split)
+
+    def recording_run_stage(ctx, stage, **kwargs):
+        current[0] = stage.name
+        try:
+            return run_stage(ctx, stage, **kwargs)
+        finally:
+            current[0] = None
+
+    load_split, run_stage = ppfer.load_split, ppfer.run_stage
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppfer, "load_split", recording_load_split)
+        patch.setattr(ppfer, "run_stage", recording_run_stage)
+        report = pipeline.run(tiny_config(), workdir)
+    return workdir, report, reads
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +60,7 @@ def interrupted(tmp_path_factory):
 
 
 def test_pipeline_runs_end_to_end_and_writes_the_tables(uninterrupted):
-    workdir, report = uninterrupted
+    workdir, report, _ = uninterrupted
     on_disk = json.loads((workdir / "report.json").read_text())
     results = on_disk["results"]
     assert set(results["table1"]) == {"no_privacy", "ppfer"}
@@ -60,23 +78,34 @@ def test_pipeline_runs_end_to_end_and_writes_the_tables(uninterrupted):
     assert results["table1"]["ppfer"]["plr"] < results["table1"]["no_privacy"]["plr"]
 
 
+def test_only_the_final_evaluation_reads_the_test_split(uninterrupted):
+    *_, reads = uninterrupted
+    by_stage = {}
+    for stage, split in reads:
+        by_stage.setdefault(stage, set()).add(split)
+    assert by_stage[None] == {"test"}  # evaluate
+    assert by_stage["s1/privacy"] == {"train", "val"}  # trains on train, selects its checkpoint on val
+    assert by_stage["pretrain/expression"] == {"wild", "val"}
+    assert not any("test" in splits for stage, splits in by_stage.items() if stage is not None)
+
+
 def test_interrupted_run_resumes_to_the_same_numbers_without_redoing_finished_stages(uninterrupted, interrupted):
     """Also the determinism check: two runs of the same config and seed give the same report numbers."""
-    (_, report), (workdir, resumed, done_before) = uninterrupted, interrupted
+    (_, report, _), (workdir, resumed, done_before) = uninterrupted, interrupted
     assert resumed["results"] == report["results"]
     for name, mtime in done_before.items():
         assert (workdir / name / "DONE.json").stat().st_mtime_ns == mtime, f"{name} was re-run"
 
 
 def test_a_finished_workdir_is_not_retrained(uninterrupted, monkeypatch):
-    workdir, report = uninterrupted
+    workdir, report, _ = uninterrupted
     monkeypatch.setattr(ppfer, "run_stage", lambda *a, **k: pytest.fail("a finished stage was trained again"))
     again = pipeline.run(tiny_config(), workdir, make_figure=False)
     assert again["results"] == report["results"]
 
 
 def test_frozen_networks_are_bit_identical_to_their_producers(uninterrupted):
-    workdir, _ = uninterrupted
+    workdir, _, _ = uninterrupted
     ctx = ppfer.Context(tiny_config(), workdir, make_mesh())
     for stage in ppfer.STAGES:
         if not stage.frozen:
@@ -106,7 +135,7 @@ def test_cli_rejects_an_unknown_config_key(tmp_path, capsys):
 
 
 def test_cli_rejects_a_workdir_holding_another_config(uninterrupted, tmp_path, capsys):
-    workdir, _ = uninterrupted
+    workdir, _, _ = uninterrupted
     shutil.copy(workdir / "config.json", tmp_path / "config.json")
     code = cli.main(["run", "--config", TINY, "--workdir", str(tmp_path), *[f"--config.{o}" for o in OVERRIDES],
                      "--config.privacy.objective=entropy"])
@@ -131,7 +160,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
 
 
 def test_anonymised_split_is_the_trained_chain_output_stored_as_uint8(uninterrupted):
-    workdir, _ = uninterrupted
+    workdir, _, _ = uninterrupted
     ctx = ppfer.Context(tiny_config(), workdir, make_mesh())
     raw, anonymised = ctx.source("test"), ctx.source("test", anonymised=True)
     video = anonymised.arrays["video"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import cremad, dfew, video
+from data_pipelines import cremad, dfew, synthetic, video
 from data_pipelines.loader import PreparedSplit, RandomResizedCrop, make_iterator
 from ppfer_jax.cli import main
 
@@ -365,3 +365,65 @@ def test_prepared_split_feeds_the_grain_loader_in_worker_processes(cremad_built,
     np.testing.assert_array_equal(next(resumed)["video"], expected["video"])
     with pytest.raises(FileNotFoundError, match="run `ppfer-jax prepare cremad"):
         PreparedSplit.open(tmp_path, "cremad/112", "train")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The method on prepared data: `run` reads CREMA-D (train / held-out val / test) and DFEW frames as its wild set
+
+
+def cremad_run_config(data_dir, cremad_name, wild_name):
+    """configs/cremad.py pointed at the fake sets, with the tiny synthetic config's models and schedules."""
+    from ppfer_jax.config import load_config
+
+    config, tiny = load_config("configs/cremad.py"), load_config("configs/synthetic.py:tiny")
+    with config.unlocked():
+        config.data.update(dict(data_dir=str(data_dir), tfds_name=cremad_name, wild_tfds_name=wild_name,
+                                num_identities=len(ACTORS), num_frames=FRAMES, image_size=SIZE, val_fraction=0.25))
+        config.model, config.train, config.rng_impl, config.dtype = tiny.model, tiny.train, tiny.rng_impl, "float32"
+        config.train.augment.resized_crop_scale = (0.8, 1.0)
+    return config
+
+
+@pytest.fixture(scope="module")
+def prepared_run_config(cremad_built, dfew_tree):
+    summary, _, data_dir = cremad_built
+    wild = prepare_dfew(dfew_tree, data_dir, image_size=SIZE, one_random_frame=True)
+    return cremad_run_config(data_dir, f"cremad/{summary['config']}", f"dfew/{wild['config']}")
+
+
+def test_prepared_splits_hold_out_val_from_train_and_map_dfew_labels_onto_cremad(prepared_run_config, cremad_built):
+    from data_pipelines import sources
+
+    config, (_, splits, _) = prepared_run_config, cremad_built
+    train, val, test = (sources.load_split(config, s) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (18, 6, 12)  # 24 train clips, a quarter held out
+    assert not set(train.indices) & set(val.indices) and set(train.indices) | set(val.indices) == set(range(24))
+    assert set(val[0]) == {"video", "identity", "expression", "eval_frame"}
+    names = [example["name"].decode() for example in splits["train"].values()]
+    assert len(set(names)) == 24
+    for split in (train, val, test):
+        frames = np.asarray([split[i]["eval_frame"] for i in range(len(split))])
+        assert ((0 <= frames) & (frames < FRAMES)).all()
+    wild = sources.load_split(config, "wild")
+    # 14 DFEW train clips in the frame set; the two of class 'surprise' (label 5) have no CREMA-D class.
+    assert len(wild.source) == 14 and len(wild) == 12 and wild[0]["video"].shape == (1, SIZE, SIZE, 3)
+    kept = [dfew.LABELS[int(wild.source[int(i)]["expression"])] for i in wild.indices]
+    mapped = [synthetic.EXPRESSIONS[int(wild[k]["expression"])] for k in range(len(wild))]
+    assert "surprise" not in kept
+    assert all(sources.NAME_ALIASES.get(a, a) == b for a, b in zip(kept, mapped)) and "anger" in mapped
+
+
+def test_run_trains_and_evaluates_on_prepared_cremad_with_dfew_frames(prepared_run_config, tmp_path):
+    from ppfer_jax import pipeline
+    from ppfer_jax.methods import ppfer
+
+    config = prepared_run_config
+    crop = ppfer._loader_augment(config, ppfer.STAGE_BY_NAME["s3/utility"])
+    assert isinstance(crop, RandomResizedCrop) and crop.scale == (0.8, 1.0)
+    assert ppfer._loader_augment(config, ppfer.STAGE_BY_NAME["s1/privacy"]) is None
+    report = pipeline.run(config, tmp_path)
+    results = report["results"]
+    assert results["num_test_clips"] == 12 and results["chance_plr"] == pytest.approx(1 / 3)
+    for row in results["table1"].values():
+        assert all(0.0 <= v <= 1.0 for v in row.values())
+    assert (tmp_path / "report.png").stat().st_size > 0

@@ -82,13 +82,14 @@ def test_clip_ids_are_unique_across_splits():
     assert len(set(ids)) == len(ids)
 
 
-def test_train_and_test_share_people_and_wild_people_are_different():
+def test_train_val_and_test_share_people_and_wild_people_are_different():
     def vectors(split):
         return np.stack([synthetic.trait_vector(synthetic.identity_traits(PROBE, split, k))
                          for k in range(PROBE.identities(split))])
 
     train, test, wild = vectors("train"), vectors("test"), vectors("wild")
     np.testing.assert_array_equal(train, test)
+    np.testing.assert_array_equal(train, vectors("val"))
     between_train = np.linalg.norm(train[:, None] - train[None], axis=-1)[np.triu_indices(len(train), 1)]
     wild_to_train = np.linalg.norm(wild[:, None] - train[None], axis=-1)
     assert wild_to_train.min() > 0.3 * np.median(between_train)  # measured: 0.76 vs median 1.63
@@ -105,11 +106,11 @@ def test_source_is_a_picklable_grain_random_access_source():
 def test_spec_from_config_reads_the_data_block():
     config = ml_collections.ConfigDict({"seed": 3, "data": {
         "num_identities": 5, "num_wild_identities": 2, "clips_per_identity_train": 12,
-        "clips_per_identity_test": 6, "clips_per_identity_wild": 18, "num_frames": 4, "image_size": 64,
-        "num_expressions": 6}})
+        "clips_per_identity_test": 6, "clips_per_identity_wild": 18, "clips_per_identity_val": 12, "num_frames": 4,
+        "image_size": 64, "num_expressions": 6}})
     spec = synthetic.spec_from_config(config)
     assert (spec.seed, spec.num_identities, spec.clips_per_identity_wild, spec.image_size) == (3, 5, 18, 64)
-    assert spec.num_clips("wild") == 36
+    assert spec.num_clips("wild") == 36 and spec.num_clips("val") == 60
     config.data.num_expressions = 7
     with pytest.raises(ValueError, match="num_expressions"):
         synthetic.spec_from_config(config)
@@ -130,8 +131,8 @@ def test_bad_spec_field_is_named(field, value):
 
 
 def test_unknown_split_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="split: expected one of train, test, wild, got 'val'"):
-        SyntheticFaces(SMALL, "val")
+    with pytest.raises(ValueError, match="split: expected one of train, val, test, wild, got 'validation'"):
+        SyntheticFaces(SMALL, "validation")
 
 
 @pytest.mark.parametrize("index", [-1, SMALL.num_clips("test")])

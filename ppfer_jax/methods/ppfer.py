@@ -33,14 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental.multihost_utils import process_allgather
 
-from data_pipelines import synthetic
-from data_pipelines.loader import iterate_once, make_iterator
+from data_pipelines.loader import MASK, RandomResizedCrop, iterate_once, make_iterator
+from data_pipelines.sources import ArraySource, load_split
 from ppfer_jax import losses, metrics, wavelets
 from ppfer_jax.augment import flip_and_shift
 from ppfer_jax.convert import load_variables
 from ppfer_jax.models import build_model
-from ppfer_jax.parallel import global_batch, replicated
+from ppfer_jax.parallel import global_batch, process_batch_size, tree_shardings
 from ppfer_jax.training import TrainState, abstract_state, fit, load_best
 
 NETS = ("c_low", "c_high", "v_pl", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker")
@@ -48,48 +49,6 @@ ANONYMISER = ("f_low", "f_high", "f_fc")  # the networks that make an anonymised
 ROLES = {"c_low": "identity_controller", "c_high": "identity_controller", "v_pl": "validator",
          "attacker": "validator", "c_fc": "expression_controller", "f_low": "enhancer_low",
          "f_high": "enhancer_high", "f_fc": "compensator", "f_u": "utility"}  # network -> config.model key
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Data: each split rendered once into memory (the synthetic set is procedural and small).
-
-
-class ArraySource:
-    """A grain random-access source over in-memory arrays of one split.
-
-    Fields: video uint8 (T, H, W, 3), identity, expression, and ``eval_frame``: a
-    fixed frame index per clip (drawn from the config seed) that every
-    one-frame-per-clip evaluation uses, so PLR rows see the same frames.
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
-
-    def __len__(self) -> int:
-        return len(self.arrays["identity"])
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {name: value[index] for name, value in self.arrays.items()}
-
-
-@functools.lru_cache(maxsize=16)
-def _render(spec: synthetic.SyntheticSpec, split: str) -> ArraySource:
-    source = synthetic.SyntheticFaces(spec, split)
-    items = [source[i] for i in range(len(source))]
-    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, zlib.crc32(split.encode()), 7]))
-    return ArraySource({
-        "video": np.stack([item["video"] for item in items]),
-        "identity": np.asarray([item["identity"] for item in items], np.int32),
-        "expression": np.asarray([item["expression"] for item in items], np.int32),
-        "eval_frame": rng.integers(0, spec.num_frames, size=len(items)).astype(np.int32),
-    })
-
-
-def load_split(config, split: str) -> ArraySource:
-    if config.data.name != "synthetic":
-        raise ValueError(f"config data.name is {config.data.name!r}: this release trains on the built-in "
-                         f"'synthetic' set only (the CREMA-D/DFEW readers are not written yet)")
-    return _render(synthetic.spec_from_config(config), split)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,15 +67,20 @@ class Nets:
 
     @functools.cached_property
     def modules(self) -> dict:
+        """The modules of the networks whose role ``config.model`` specifies (a bundle: the anonymiser's only)."""
         c = self.config
-        ids, exprs = c.data.num_identities, c.data.num_expressions
-        role_fields = {"c_low": dict(num_classes=ids), "c_high": dict(num_classes=ids),
-                       "v_pl": dict(num_classes=ids), "attacker": dict(num_classes=ids),
-                       "c_fc": dict(num_classes=exprs), "f_u": dict(num_classes=exprs),
-                       "f_low": dict(out_channels=3),
-                       "f_high": dict(out_channels=3 * wavelets.num_high_bands(c.wavelet.spatiotemporal)),
-                       "f_fc": dict(img_size=c.data.image_size, in_channels=3)}
-        return {name: build_model(self.spec(name), dtype=c.dtype, **fields) for name, fields in role_fields.items()}
+        role_fields = {
+            "c_low": lambda: dict(num_classes=c.data.num_identities),
+            "c_high": lambda: dict(num_classes=c.data.num_identities),
+            "v_pl": lambda: dict(num_classes=c.data.num_identities),
+            "attacker": lambda: dict(num_classes=c.data.num_identities),
+            "c_fc": lambda: dict(num_classes=c.data.num_expressions),
+            "f_u": lambda: dict(num_classes=c.data.num_expressions),
+            "f_low": lambda: dict(out_channels=3),
+            "f_high": lambda: dict(out_channels=3 * wavelets.num_high_bands(c.wavelet.spatiotemporal)),
+            "f_fc": lambda: dict(img_size=c.data.image_size, in_channels=3)}
+        return {name: build_model(self.spec(name), dtype=c.dtype, **fields())
+                for name, fields in role_fields.items() if ROLES[name] in c.model}
 
     def pretrained(self, name: str) -> dict | None:
         """Variables from the network's ``init_from`` directory (``ppfer-jax convert`` output), else None."""
@@ -228,6 +192,7 @@ class Stage:
     step: Callable                 # (nets, config, tx) -> step_fn
     evaluate: Callable             # (ctx) -> eval_fn(state) -> dict
     select: tuple[str, str] | None = None
+    augmented: bool = False        # training clips get config.train.augment (flips, shifts, resized crops)
     init_from: dict = dataclasses.field(default_factory=dict)  # trained net -> stage whose weights start it
 
 
@@ -238,15 +203,20 @@ def producer(name: str) -> str:
             "f_fc": "s2/compensation", "f_u": "s3/utility", "attacker": "attack/adaptive"}[name]
 
 
+OPTIMIZERS = {"adam": optax.adam, "sgd": lambda rate: optax.sgd(rate, momentum=0.9)}
+
+
 def _optimizer(config, section) -> optax.GradientTransformation:
-    """Adam at the stage's learning rate: constant, or a linear warm-up (a tenth of the steps) then cosine decay."""
-    if config.train.optimizer != "adam":
-        raise ValueError(f"config train.optimizer: only 'adam' is implemented, got {config.train.optimizer!r}")
+    """The stage's optimizer (Adam, or SGD with momentum 0.9) at its learning rate: constant, or a linear warm-up
+    (a tenth of the steps) then cosine decay."""
+    if config.train.optimizer not in OPTIMIZERS:
+        raise ValueError(f"config train.optimizer: expected one of {', '.join(OPTIMIZERS)}, "
+                         f"got {config.train.optimizer!r}")
     schedule = section.get("schedule") or "constant"
     if schedule == "constant":
-        return optax.adam(section.learning_rate)
+        return OPTIMIZERS[config.train.optimizer](section.learning_rate)
     if schedule == "cosine":
-        return optax.adam(optax.warmup_cosine_decay_schedule(
+        return OPTIMIZERS[config.train.optimizer](optax.warmup_cosine_decay_schedule(
             0.0, section.learning_rate, warmup_steps=max(1, section.steps // 10), decay_steps=section.steps))
     raise ValueError(f"config train.*.schedule: expected 'constant' or 'cosine', got {schedule!r}")
 
@@ -293,7 +263,7 @@ def _identity_eval(ctx):
             logits = nets.apply(name, _net(state, name), x)
             out[f"{name}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
         return out
-    return ctx.evaluator(counts, "test")
+    return ctx.evaluator(counts, "val")
 
 
 # -- pretrain/enhancer: U-Nets reconstruct their band (L1)
@@ -324,7 +294,7 @@ def _enhancer_eval(ctx):
             err = jnp.mean(jnp.abs(nets.apply(name, _net(state, name), band) - band), axis=(1, 2, 3))
             out[f"{name}_l1"] = {"correct": jnp.sum(err * m), "total": jnp.sum(m)}
         return out
-    return ctx.evaluator(counts, "test")
+    return ctx.evaluator(counts, "val")
 
 
 # -- pretrain/expression: C_fc on frames of the disjoint 'wild' people
@@ -345,8 +315,8 @@ def _expression_eval(ctx):
     def counts(state, batch):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
         logits = nets.apply("c_fc", _net(state, "c_fc"), frame)
-        return {"c_fc_acc_test_frames": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
-    return ctx.evaluator(counts, "test")
+        return {"c_fc_acc_val_frames": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
+    return ctx.evaluator(counts, "val")
 
 
 # -- s1/privacy (Algorithm 1): enhancers against frozen band controllers
@@ -385,7 +355,7 @@ def _privacy_eval(ctx):
             logits = nets.apply(ctrl, state.frozen[ctrl], nets.apply(name, enhancers[name], band))
             out[f"{ctrl}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
         return out
-    return ctx.evaluator(counts, "test")
+    return ctx.evaluator(counts, "val")
 
 
 # -- s2/compensation (Algorithm 2): U-ViT against the frozen expression controller
@@ -416,7 +386,7 @@ def _compensation_eval(ctx):
                                                         batch["expression"], m),
                 "leakage_on_c": metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"], c),
                                                        batch["identity"], m)}
-    return ctx.evaluator(counts, "test")
+    return ctx.evaluator(counts, "val")
 
 
 # -- s3/utility and no_privacy: R3D on anonymised / raw clips
@@ -442,7 +412,7 @@ def _utility_eval(ctx, *, anonymised: bool):
     def counts(state, batch):
         logits = ctx.nets.apply("f_u", _net(state, "f_u"), to_float(batch["video"]))
         return {"acc": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
-    return ctx.evaluator(counts, "test", anonymised)
+    return ctx.evaluator(counts, "val", anonymised)
 
 
 # -- attack/adaptive: a fresh identity classifier on anonymised training frames
@@ -462,7 +432,7 @@ def _attack_eval(ctx, *, anonymised: bool):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
         logits = ctx.nets.apply("attacker", _net(state, "attacker"), frame)
         return {"adaptive_plr": metrics.correct_counts(logits, batch["identity"], batch["mask"])}
-    return ctx.evaluator(counts, "test", anonymised)
+    return ctx.evaluator(counts, "val", anonymised)
 
 
 def _net(state: TrainState, name: str) -> dict:
@@ -482,9 +452,9 @@ STAGES = (
     Stage("s2/compensation", "compensation", ("f_fc",), ("f_low", "f_high", "c_fc", "v_pl"), "train", False,
           _step(_compensation_loss), _compensation_eval),
     Stage("s3/utility", "utility", ("f_u",), (), "train", True,
-          _step(_utility_loss), functools.partial(_utility_eval, anonymised=True)),
+          _step(_utility_loss), functools.partial(_utility_eval, anonymised=True), augmented=True),
     Stage("no_privacy", "no_privacy", ("f_u",), (), "train", False,
-          _step(_utility_loss), functools.partial(_utility_eval, anonymised=False)),
+          _step(_utility_loss), functools.partial(_utility_eval, anonymised=False), augmented=True),
     Stage("attack/adaptive", "adaptive_attack", ("attacker",), (), "train", True,
           _step(_attack_loss), functools.partial(_attack_eval, anonymised=True)),
 )
@@ -514,6 +484,11 @@ class Context:
         self._states: dict[str, TrainState] = {}
         self._anonymised: dict[str, ArraySource] = {}
 
+    @property
+    def eval_batch_size(self) -> int:
+        """This process's share of ``train.eval_batch_size`` (a global batch)."""
+        return process_batch_size(self.config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
+
     def source(self, split: str, anonymised: bool = False) -> ArraySource:
         """A split's clips: as rendered, or anonymised by the trained chain (computed once per run)."""
         if not anonymised:
@@ -522,19 +497,22 @@ class Context:
             self._anonymised[split] = self._anonymise(load_split(self.config, split))
         return self._anonymised[split]
 
-    def _anonymise(self, source: ArraySource) -> ArraySource:
+    def _anonymise(self, source) -> ArraySource:
         frozen = {n: self.network(n) for n in ANONYMISER}
         chain = jax.jit(lambda video: to_uint8(compensated_clips(self.nets, frozen, video)))
-        out = []
-        for batch in iterate_once(source, self.config.train.eval_batch_size):
-            clips = np.asarray(jax.device_get(chain(global_batch({"video": batch["video"]}, self.mesh)["video"])))
-            out.append(clips[batch["mask"]])
-        return ArraySource({**source.arrays, "video": np.concatenate(out)})
+        parts = []
+        for batch in iterate_once(source, self.eval_batch_size):  # this process's shard
+            batch = global_batch(batch, self.mesh)
+            batch["video"] = chain(batch["video"])
+            batch = {k: process_allgather(v, tiled=True) for k, v in batch.items()}  # every process: all clips
+            mask = batch.pop(MASK)
+            parts.append({k: v[mask] for k, v in batch.items()})
+        return ArraySource({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
 
     def evaluator(self, counts_fn, split: str, anonymised: bool = False) -> Callable[[TrainState], dict]:
         """eval_fn(state) -> {metric: value} summing ``counts_fn``'s {'correct', 'total'} over one pass."""
         jitted = jax.jit(counts_fn)
-        batch_size = self.config.train.eval_batch_size
+        batch_size = self.eval_batch_size
 
         def eval_fn(state) -> dict:
             sums = None
@@ -554,11 +532,16 @@ class Context:
             return _make_state(trained, frozen, _optimizer(self.config, self.config.train[stage.train_key]))
         return init
 
+    def state_sharding(self, stage: Stage) -> TrainState:
+        """Where each array of the stage's state lives on the mesh (``config.sharding.rules``)."""
+        s = self.config.sharding
+        return tree_shardings(jax.eval_shape(self.shape_state(stage)), self.mesh, s.rules, s.min_size)
+
     def load(self, stage_name: str) -> TrainState:
         """The stage's selected (best, else final) state, loaded once per run."""
         if stage_name not in self._states:
             stage = STAGE_BY_NAME[stage_name]
-            target = abstract_state(self.shape_state(stage), replicated(self.mesh))
+            target = abstract_state(self.shape_state(stage), self.state_sharding(stage))
             self._states[stage_name] = load_best(self.workdir, stage_name, target)
         return self._states[stage_name]
 
@@ -573,6 +556,12 @@ class Context:
 def _make_state(trained: dict, frozen: dict, tx) -> TrainState:
     return TrainState.create(params={n: v["params"] for n, v in trained.items()}, tx=tx,
                              batch_stats={n: v["batch_stats"] for n, v in trained.items()}, frozen=frozen)
+
+
+def _loader_augment(config, stage: Stage) -> RandomResizedCrop | None:
+    """The paper's random resized crop of F_u's training clips (uint8, in the loader), when configured."""
+    scale = config.train.augment.get("resized_crop_scale")
+    return RandomResizedCrop(scale=tuple(scale)) if stage.augmented and scale else None
 
 
 def run_stage(ctx: Context, stage: Stage, *, stop_after: int | None = None) -> dict:
@@ -594,13 +583,16 @@ def run_stage(ctx: Context, stage: Stage, *, stop_after: int | None = None) -> d
         return _make_state(trained, frozen, tx)
 
     step_fn = stage.step(ctx.nets, config, tx)
-    data = make_iterator(ctx.source(stage.split, stage.anonymised), batch_size=section.batch_size,
-                         seed=stage_seed(config, stage.name))
+    batch_size = process_batch_size(section.batch_size, ctx.mesh, f"train.{stage.train_key}.batch_size")
+    data = make_iterator(ctx.source(stage.split, stage.anonymised), batch_size=batch_size,
+                         seed=stage_seed(config, stage.name), transform=_loader_augment(config, stage),
+                         worker_count=config.train.loader_workers)
     eval_every = section.get("eval_every") or None
     log_every = min(config.train.log_every, section.steps)
     checkpoint_every = max(log_every, (min(config.train.checkpoint_every, section.steps) // log_every) * log_every)
     _, summary = fit(stage.name, ctx.workdir, init_state=init_state, step_fn=step_fn, train_data=data,
                      num_steps=section.steps, rng=stage_key(config, stage.name), mesh=ctx.mesh,
+                     state_sharding=ctx.state_sharding(stage),
                      eval_fn=stage.evaluate(ctx), eval_every=eval_every if stage.select else None,
                      checkpoint_every=checkpoint_every, log_every=log_every, select=stage.select,
                      stop_after=stop_after)

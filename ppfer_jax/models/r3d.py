@@ -38,6 +38,7 @@ class R3D18(nn.Module):
     num_classes: int
     width: int = 64
     dtype: Dtype = jnp.float32
+    remat: bool = False  # recompute each residual block in the backward pass (jax.checkpoint): less memory
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -46,7 +47,8 @@ class R3D18(nn.Module):
         x = x.astype(self.dtype)
         x = torch_padded_conv(self.width, (3, 7, 7), (1, 2, 2), self.dtype, "stem_conv")(x)
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
-        x = residual_stages(x, (2, 2, 2, 2), BasicBlock, self.width, train, self.dtype)
+        block = nn.remat(BasicBlock, static_argnums=(2,)) if self.remat else BasicBlock  # (self, x, train)
+        x = residual_stages(x, (2, 2, 2, 2), block, self.width, train, self.dtype)
         # torchvision's video ResNet re-initialises fc as N(0, 0.01) with zero bias.
         return pooled_head(x, self.num_classes, self.dtype,
                            kernel_init=nn.initializers.normal(0.01),

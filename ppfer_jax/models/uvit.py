@@ -138,6 +138,7 @@ class UViT(nn.Module):
     use_conv: bool = True
     timestep: float = 1.0
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each block's activations in the backward pass (jax.checkpoint): less memory
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, timesteps: jnp.ndarray | float | None = None,
@@ -179,13 +180,14 @@ class UViT(nn.Module):
 
         block = dict(dim=dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
                      dtype=self.dtype)
+        block_cls = nn.remat(Block) if self.remat else Block
         skips = []
         for index in range(self.depth // 2):
-            x = Block(name=f"in_blocks_{index}", **block)(x)
+            x = block_cls(name=f"in_blocks_{index}", **block)(x)
             skips.append(x)
-        x = Block(name="mid_block", **block)(x)
+        x = block_cls(name="mid_block", **block)(x)
         for index in range(self.depth // 2):
-            x = Block(skip=True, name=f"out_blocks_{index}", **block)(x, skips.pop())
+            x = block_cls(skip=True, name=f"out_blocks_{index}", **block)(x, skips.pop())
 
         x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32, name="norm")(x)
         x = nn.Dense(self.patch_size**2 * out_channels, name="decoder_pred", **dense)(x)

@@ -1,0 +1,118 @@
+"""`ppfer-jax export`: a bundle holds the anonymiser and nothing else, runs the evaluated chain exactly, loads
+without the workdir, refuses an incompatible format, and is written whole or not at all."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from data_pipelines.sources import load_split
+from ppfer_jax import convert, export
+from ppfer_jax.cli import main
+from ppfer_jax.methods import ppfer
+from ppfer_jax.parallel import make_mesh
+
+
+def test_bundle_holds_only_the_anonymiser_and_the_utility_model(tiny_bundle):
+    directories = {p.name for p in tiny_bundle.iterdir() if p.is_dir()}
+    assert directories == {"f_low", "f_high", "f_fc", "f_u"}  # no controller, validator or attacker
+    files = {str(p.relative_to(tiny_bundle)) for p in tiny_bundle.rglob("*") if p.is_file()}
+    assert files == {"manifest.json", "config.json"} | {f"{n}/{f}" for n in directories
+                                                         for f in ("variables.msgpack", "spec.json")}
+    config = json.loads((tiny_bundle / "config.json").read_text())
+    assert set(config["model"]) == {"enhancer_low", "enhancer_high", "compensator", "utility"}
+    assert "train" not in config and "seed" not in config["data"]
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == export.FORMAT_VERSION
+    assert manifest["networks"] == ["f_low", "f_high", "f_fc", "f_u"]
+    assert {"ppfer-jax", "jax", "flax"} <= set(manifest["versions"])
+    assert set(manifest["evaluation"]["table1"]) == {"no_privacy", "ppfer"}
+    assert manifest["created"]
+
+
+def test_bundle_anonymises_exactly_as_the_evaluated_chain(tiny_run, tiny_bundle, monkeypatch):
+    config = export.load_run_config(tiny_run)
+    ctx = ppfer.Context(config, tiny_run, make_mesh())
+    frozen = {n: ctx.network(n) for n in ppfer.ANONYMISER}
+    clips = load_split(config, "test").arrays["video"][:6]
+    expected = np.asarray(jax.jit(lambda v, x: ppfer.to_uint8(ppfer.compensated_clips(ctx.nets, v, x)))(frozen, clips))
+    # Loading a bundle reads no checkpoint of the run: the controllers' weights are never needed.
+    monkeypatch.setattr(ppfer.Context, "load", lambda *a: pytest.fail("a bundle load read the workdir"))
+    bundle = export.load_bundle(tiny_bundle)
+    assert bundle.image_size == 32 and bundle.num_frames == 4 and bundle.has_utility
+    assert bundle.expressions == ["anger", "disgust", "fear", "happy", "neutral", "sad"]
+    np.testing.assert_array_equal(bundle.anonymise(clips), expected)
+    assert bundle.predict(expected[:, :4]).shape == (6, 6)
+
+
+def test_a_bundle_without_utility_refuses_to_predict(tiny_run, tmp_path):
+    bundle = export.load_bundle(export.export(tiny_run, tmp_path / "b"))
+    assert set(bundle.variables) == set(ppfer.ANONYMISER)
+    with pytest.raises(export.BundleError, match="no utility model"):
+        bundle.predict(np.zeros((1, 4, 32, 32, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"uint8 clips \(B, T, 32, 32, 3\)"):
+        bundle.anonymise(np.zeros((1, 4, 64, 64, 3), np.uint8))
+
+
+def test_an_incompatible_format_version_names_the_file_and_both_versions(tiny_bundle, tmp_path, capsys):
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(export.BundleError) as error:
+        export.load_bundle(copy)
+    message = str(error.value)
+    assert str(copy / "manifest.json") in message and "99" in message and f"{export.FORMAT_VERSION} only" in message
+    assert main(["anonymize", "x.mp4", "--bundle", str(copy), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert "format version 99" in capsys.readouterr().err
+
+
+def test_a_damaged_or_missing_bundle_is_named(tiny_bundle, tmp_path):
+    with pytest.raises(export.BundleError, match="not a ppfer-jax bundle"):
+        export.load_bundle(tmp_path)
+    copy = tmp_path / "damaged"
+    shutil.copytree(tiny_bundle, copy)
+    with open(copy / "f_fc" / "variables.msgpack", "r+b") as file:
+        file.seek(100)
+        file.write(b"\xff\xfe")
+    with pytest.raises(export.BundleError, match="f_fc/variables.msgpack is damaged"):
+        export.load_bundle(copy)
+
+
+def test_a_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    calls = []
+
+    def fail_on_second(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return convert.save_variables(*args)
+
+    monkeypatch.setattr(export, "save_variables", fail_on_second)
+    with pytest.raises(OSError, match="disk full"):
+        export.export(tiny_run, tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_an_unfinished_run_and_an_existing_bundle(tiny_run, tiny_bundle, tmp_path):
+    shutil.copy(tiny_run / "config.json", tmp_path / "config.json")
+    with pytest.raises(ValueError, match="stage s1/privacy is not finished"):
+        export.export(tmp_path, tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        export.export(tmp_path / "nothing", tmp_path / "b")
+    with pytest.raises(ValueError, match="already exists; pass --overwrite"):
+        export.export(tiny_run, tiny_bundle)
+
+
+def test_cli_export_overwrites_on_request_and_says_how_to_use_the_bundle(tiny_run, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    (out / "stale").mkdir(parents=True)
+    args = ["export", "--workdir", str(tiny_run), "--out", str(out), "--with-utility", "--overwrite"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "f_low, f_high, f_fc, f_u" in printed and "ppfer-jax anonymize" in printed and "PLR" in printed
+    assert not (out / "stale").exists() and (out / "manifest.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging or moved-aside directory left
