@@ -93,11 +93,7 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"export: {path} not found: is {workdir} the --workdir of a `ppfer-jax run`?")
-    try:
-        stored = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"export: {path} is not valid JSON ({error})") from None
-    return ml_collections.ConfigDict(_tuples(stored))
+    return ml_collections.ConfigDict(_tuples(_read_json(path, ValueError, "export: ")))
 
 
 def cut_config(config, names: tuple[str, ...], expressions: list[str] | None) -> ml_collections.ConfigDict:
@@ -199,6 +195,14 @@ def _replace_dir(staging: Path, out: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _read_json(path: Path, error: type[Exception], prefix: str = ""):
+    """The JSON in ``path``; a damaged file raises ``error`` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as reason:
+        raise error(f"{prefix}{path} is not valid JSON ({reason})") from None
+
+
 def _tuples(value):
     if isinstance(value, dict):
         return {key: _tuples(item) for key, item in value.items()}
@@ -282,7 +286,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     config_path = path / CONFIG
     if not config_path.is_file():
         raise BundleError(f"bundle {path}: {CONFIG} is missing")
-    config = ml_collections.ConfigDict(_tuples(json.loads(config_path.read_text())))
+    config = ml_collections.ConfigDict(_tuples(_read_json(config_path, BundleError)))
     names = tuple(manifest.get("networks", ()))
     missing = [name for name in ANONYMISER if name not in names]
     unknown = [name for name in names if name not in ANONYMISER + (UTILITY,)]
@@ -299,10 +303,7 @@ def read_manifest(path: Path) -> dict:
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise BundleError(f"{path} is not a ppfer-jax bundle: no {MANIFEST} (write one with `ppfer-jax export`)")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{file}: not valid JSON ({error})") from None
+    manifest = _read_json(file, BundleError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{file}: not a ppfer-jax bundle manifest (format {FORMAT!r} expected)")
     version = manifest.get("format_version")
