@@ -68,7 +68,7 @@ def bench_stage(ctx, stage, *, steps: int, compile_only: bool) -> dict:
     config = ctx.config
     section = config.train[stage.train_key]
     sharding = ctx.state_sharding(stage)
-    tx = ppfer._optimizer(config, section)
+    tx = ppfer.optimizer_for(config, section)
     step = compile_step(stage.step(ctx.nets, config, tx), ctx.mesh, sharding)
     batch = global_batch(fake_batch(config, stage, section.batch_size), ctx.mesh)
     key = jax.random.key(0, impl=config.rng_impl)

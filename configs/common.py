@@ -29,3 +29,34 @@ def parallelism(fsdp: int = 1) -> dict[str, ml_collections.ConfigDict]:
         distributed=ml_collections.ConfigDict(dict(enabled=False, coordinator_address=None, num_processes=None,
                                                    process_id=None)),
     )
+
+
+def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: float,
+                     acc_evaluations: int = 5) -> dict[str, ml_collections.ConfigDict]:
+    """The baselines' settings and the rows of ``ppfer-jax reproduce`` (``ppfer_jax/suite.py``).
+
+    ``baselines.blur``: Blur 1's sigma is bisected over ``sigma_range`` (pixels) until V_pl's val PLR is within
+    ``plr_tolerance`` of PPFER's (at most ``plr_evaluations`` val passes, cheap); Blur 2's until F_u's val ACC is
+    within ``acc_tolerance`` of PPFER's (each of at most ``acc_evaluations`` trains an F_u).
+    ``baselines.tradeoff``: the anonymiser's privacy objective against the jointly trained adversary ('entropy':
+    SPAct's, maximise its entropy; 'neg_ce', 'kl_uniform' as for Algorithm 1) and its weight.
+    ``baselines.optical_flow.max_magnitude``: the flow (pixels per frame) rendered at full brightness.
+    ``baselines.swap``: which outside ('wild') person the synthetic oracle swap renders; on real data a directory
+    of pre-swapped clips (see ``ppfer_jax/methods/face_swap.py``).
+    ``suite.rows``: the rows to run, Table 1's then Table 4's; ``suite.ablation_attacks``: also train the adaptive
+    and recovery attackers for the ablations (the paper reports PLR and ACC only for them).
+    """
+    return dict(
+        baselines=ml_collections.ConfigDict(dict(
+            blur=dict(sigma_range=sigma_range, plr_evaluations=12, plr_tolerance=0.02,
+                      acc_evaluations=acc_evaluations, acc_tolerance=0.03),
+            tradeoff=dict(objective="entropy", privacy_weight=1.0),
+            optical_flow=dict(max_magnitude=flow_max_magnitude),
+            swap=dict(outside_identity=0, directory=None),
+        )),
+        suite=ml_collections.ConfigDict(dict(
+            rows=["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "ppfer",
+                  "task1", "task2", "task3", "task4", "task5", "task6"],
+            ablation_attacks=False,
+        )),
+    )

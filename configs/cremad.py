@@ -7,7 +7,7 @@ download (``ppfer-jax prepare cremad``); nothing is fetched from the network.
 
 import ml_collections
 
-from configs.common import parallelism, stage
+from configs.common import evaluation_suite, parallelism, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -55,6 +55,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 3136: 269 TFLOP and, by XLA's estimate, about 1 TB per training step of one 16-frame clip.)
     c.model.compensator = dict(name="uvit", size="H", patch_size=7, remat=True, init_from=None)
     c.model.utility = dict(name="r3d_18", width=64, remat=False, init_from=None)
+    # `ppfer-jax reproduce`: the whole-frame enhancer (ablations Tasks 1-3, trade-off anonymiser) and the recovery
+    # attacker, both the paper's full-scale U-Net.
+    c.model.enhancer_frame = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 1.0),
+                                  init_from=None)
+    c.model.recovery = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 1.0), init_from=None)
 
     c.rng_impl = "threefry2x32"  # PRNG of every key (the synthetic CPU config uses 'rbg' for compile speed)
     c.update(parallelism(fsdp=1))  # --config.mesh.fsdp=N splits params and optimizer state over N devices
@@ -84,4 +89,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.utility = stage(10000, 16, 1e-3, schedule="cosine")
     t.no_privacy = stage(10000, 16, 1e-3, schedule="cosine")
     t.adaptive_attack = stage(5000, 64, 1e-3)
+    # `ppfer-jax reproduce` (configs/common.py evaluation_suite): sigma in px at 112 px frames.
+    c.update(evaluation_suite(sigma_range=(0.0, 48.0), flow_max_magnitude=4.0))
+    t.pretrain_frame_controller = stage(5000, 64, 1e-3)
+    t.pretrain_frame_enhancer = stage(3000, 8, 1e-3)
+    t.joint = stage(5000, 8, 1e-4)
+    t.tradeoff = stage(5000, 8, 1e-4)
+    t.recovery = stage(5000, 8, 1e-3)
     return c

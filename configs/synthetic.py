@@ -8,7 +8,7 @@ differs from the paper's, the paper's value is written beside it.
 
 import ml_collections
 
-from configs.common import parallelism, stage
+from configs.common import evaluation_suite, parallelism, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -58,6 +58,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                num_heads=2 if tiny else 4, init_from=None)
     # Utility model F_u. Paper: R3D-18 (Kinetics-400 weights), width 64.
     c.model.utility = dict(name="r3d_18", width=cls_width, init_from=None)
+    # `ppfer-jax reproduce` only: the whole-frame enhancer of the ablations without the wavelet (Tasks 1-3) and
+    # of the trade-off baseline (the band enhancers' U-Net), and the threat model's recovery attacker (paper: a
+    # full-scale U-Net, 64-1024 channels).
+    c.model.enhancer_frame = dict(name="unet", features=width, depth=3, head="linear", out_range=(0.0, 1.0),
+                                  init_from=None)
+    c.model.recovery = dict(name="unet", features=width, depth=3, head="linear", out_range=(0.0, 1.0),
+                            init_from=None)
     _method(c, tiny)
     return c
 
@@ -110,3 +117,12 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     t.utility = stage(10 if tiny else 800, 4 if tiny else 16, 1e-3, schedule="cosine")     # F_u on C
     t.no_privacy = stage(10 if tiny else 800, 4 if tiny else 16, 1e-3, schedule="cosine")  # F_u on raw clips
     t.adaptive_attack = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)      # fresh identity classifier
+
+    # `ppfer-jax reproduce` (configs/common.py evaluation_suite; ppfer_jax/suite.py). Paper: not stated.
+    # sigma in px at 32 px frames (16: little but the mean colour is left); 2 px per frame of flow is full brightness.
+    c.update(evaluation_suite(sigma_range=(0.0, 16.0), flow_max_magnitude=2.0, acc_evaluations=3 if tiny else 5))
+    t.pretrain_frame_controller = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)  # C_pr on frames (Tasks 1, 3)
+    t.pretrain_frame_enhancer = stage(10 if tiny else 100, 4 if tiny else 8, 2e-3)  # F_pr / trade-off anonymiser, L1
+    t.joint = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)     # Tasks 2, 6: enhancers + F_u, expression CE
+    t.tradeoff = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)  # trade-off baseline, alternating updates
+    t.recovery = stage(10 if tiny else 300, 4 if tiny else 4, 1e-3)  # threat model: U-Net, L1, all frames of a clip

@@ -1,9 +1,12 @@
-"""`ppfer-jax` command line: ``run``, ``check``, ``show-data``, ``convert``, ``prepare``, ``export``, ``anonymize``.
+"""`ppfer-jax` command line: ``run``, ``reproduce``, ``check``, ``show-data``, ``convert``, ``prepare``, ``export``,
+``anonymize``.
 
 ``run`` trains every stage of the method that is not finished in ``--workdir``
 (see ``ppfer_jax.pipeline``), evaluates, writes report.md/json/png and prints
-Table 1 and Table 2. ``prepare cremad|dfew`` builds a real data set from the user's own
-download (CREMA-D, DFEW) as TFDS array_record files. ``export`` writes a finished run's
+Table 1 and Table 2. ``reproduce`` does the same, then runs the paper's baselines, threat model and ablations
+(``ppfer_jax.suite``) and writes Tables 1-4 and Figure 1 (suite_report.md, privacy_utility.png).
+``prepare cremad|dfew`` builds a real data set from the user's own download (CREMA-D, DFEW) as TFDS
+array_record files. ``export`` writes a finished run's
 anonymiser as an inference bundle, and ``anonymize`` turns videos into anonymised mp4s with it.
 
 Configs are named big_vision style, ``--config configs/synthetic.py[:arg]``, and any
@@ -50,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, default=Path("workdir"), help="where outputs go (default ./workdir)")
     run.add_argument("--stage", default=None,
                      help="re-run this stage (e.g. s1/privacy) and every stage downstream of it")
+    reproduce = command("reproduce", _reproduce, "run the paper's whole evaluation: the method, the Table 1 "
+                        "baselines, the threat model (Table 3) and the ablations (Table 4), reusing finished stages")
+    reproduce.add_argument("--workdir", type=Path, default=Path("workdir"),
+                           help="where outputs go (default ./workdir; a finished `run` there is reused)")
+    reproduce.add_argument("--rows", default=None,
+                           help="comma-separated rows to run (default: config suite.rows, all of them), e.g. "
+                                "blur1,optical_flow,task5")
     check = command("check", _check, "build every configured model and run it on one real batch")
     check.add_argument("--workdir", type=Path, default=Path("workdir"), help="where outputs go (default ./workdir)")
     show = command("show-data", _show_data, "write a PNG grid of clips from the configured data set")
@@ -121,29 +131,57 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(config, args) -> int:
-    import time
-
+def _start_training(config) -> None:
     from absl import flags
     from absl import logging as absl_logging
 
-    from ppfer_jax import pipeline, report
     from ppfer_jax.parallel import initialize_distributed
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-restore read-only notices drown the progress
     flags.FLAGS.mark_as_parsed()  # grain's loader worker processes read absl flags
     initialize_distributed(config)  # multi-host runs: join the other processes before touching a device
+
+
+def _diverged(command: str, error: FloatingPointError) -> int:
+    print(f"ppfer-jax {command}: error: training diverged: {error}. Lower the stage's learning rate "
+          f"(--config.train.<stage>.learning_rate=...) and run again; it resumes from the last good "
+          f"checkpoint", file=sys.stderr)
+    return 1
+
+
+def _run(config, args) -> int:
+    import time
+
+    from ppfer_jax import pipeline, report
+
+    _start_training(config)
     start = time.perf_counter()
     try:
         result = pipeline.run(config, args.workdir, rerun=args.stage)
     except FloatingPointError as error:
-        print(f"ppfer-jax run: error: training diverged: {error}. Lower the stage's learning rate "
-              f"(--config.train.<stage>.learning_rate=...) and run again; it resumes from the last good "
-              f"checkpoint", file=sys.stderr)
-        return 1
+        return _diverged("run", error)
     print("\n" + report.tables(result))
     print(f"\nreport: {args.workdir / 'report.md'} (+ report.json, report.png); "
           f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def _reproduce(config, args) -> int:
+    import time
+
+    from ppfer_jax import suite, suite_report
+
+    if args.rows:
+        config.suite.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
+    _start_training(config)
+    start = time.perf_counter()
+    try:
+        result = suite.reproduce(config, args.workdir)
+    except FloatingPointError as error:
+        return _diverged("reproduce", error)
+    print("\n" + suite_report.markdown(result))
+    print(f"\nreport: {args.workdir / 'suite_report.md'} (+ suite_report.json, privacy_utility.png, "
+          f"methods_frames.png); this call {time.perf_counter() - start:.0f} s")
     return 0
 
 

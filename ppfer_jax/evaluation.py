@@ -21,6 +21,7 @@ import numpy as np
 
 from data_pipelines.loader import iterate_once
 from ppfer_jax import metrics, wavelets
+from ppfer_jax.attacks import recover
 from ppfer_jax.methods.ppfer import Context, compensated_clips, pick_frames, to_float, to_uint8
 from ppfer_jax.parallel import global_batch
 from ppfer_jax.training import read_summary
@@ -53,12 +54,8 @@ def evaluate(ctx: Context) -> dict:
             logits = nets.apply("f_u", v[net], clips)
             out[f"acc_{row}"] = metrics.correct_counts(logits, exprs, mask)
             out[f"per_class_{row}"] = metrics.per_class_counts(jnp.argmax(logits, -1), exprs, num_expr, mask)
-        frame_mask = jnp.broadcast_to(mask[:, None], frames.shape[:2]).astype(jnp.float32)
         for name, other in (("c", c), ("g", g)):
-            out[f"ssim_{name}"] = {"correct": jnp.sum(metrics.ssim(frames, other) * frame_mask),
-                                   "total": jnp.sum(frame_mask)}
-            out[f"psnr_{name}"] = {"correct": jnp.sum(metrics.psnr(frames, other) * frame_mask),
-                                   "total": jnp.sum(frame_mask)}
+            out.update(_similarity_counts(name, frames, other, mask))
         return out
 
     jitted = jax.jit(counts)
@@ -99,6 +96,65 @@ def evaluate(ctx: Context) -> dict:
         "ssim": {"original_vs_C": r["ssim_c"], "original_vs_G": r["ssim_g"]},
         "psnr_db": {"original_vs_C": r["psnr_c"], "original_vs_G": r["psnr_g"]},
     }
+
+
+def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive: str | None = None,
+                    recovery: str | None = None) -> dict:
+    """One row of Tables 1-4 on the test split: a method's anonymised test clips (``method``; None: the raw
+    clips) scored by the frozen V_pl (PLR), the attacker of stage ``adaptive`` (adaptive PLR), the F_u of stage
+    ``utility`` (ACC, per class), their SSIM / PSNR to the originals, and, with a ``recovery`` stage, the
+    recovery attacker's reconstructions (Table 3: SSIM, PSNR, V_pl's PLR on them)."""
+    nets, config = ctx.nets, ctx.config
+    variables = {"v_pl": ctx.network("v_pl"), "f_u": ctx.network("f_u", utility)}
+    if adaptive:
+        variables["attacker"] = ctx.network("attacker", adaptive)
+    if recovery:
+        variables["recovery"] = ctx.network("recovery", recovery)
+
+    def counts(v, batch):
+        video, mask, ids, exprs = to_float(batch["video"]), batch["mask"], batch["identity"], batch["expression"]
+        pick = lambda x: pick_frames(x, batch["eval_frame"])  # noqa: E731
+        logits = nets.apply("f_u", v["f_u"], video)
+        out = {"plr": metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(video)), ids, mask),
+               "acc": metrics.correct_counts(logits, exprs, mask),
+               "per_class": metrics.per_class_counts(jnp.argmax(logits, -1), exprs, config.data.num_expressions,
+                                                     mask)}
+        if "attacker" in v:
+            out["adaptive_plr"] = metrics.correct_counts(nets.apply("attacker", v["attacker"], pick(video)), ids, mask)
+        if "original" in batch:
+            original = to_float(batch["original"])
+            out.update(_similarity_counts("anonymised", original, video, mask))
+            if "recovery" in v:
+                recovered = recover(nets, v["recovery"], video)
+                out.update(_similarity_counts("recovered", original, recovered, mask))
+                out["plr_recovered"] = metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(recovered)), ids,
+                                                              mask)
+        return out
+
+    source = ctx.source("test", method, with_originals=True) if method else ctx.source("test")
+    jitted = jax.jit(counts)
+    sums = None
+    for batch in iterate_once(source, ctx.eval_batch_size):
+        out = jitted(variables, global_batch(batch, ctx.mesh))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    r = {name: metrics.ratio(v["correct"], v["total"]) for name, v in jax.device_get(sums).items()}
+    number = lambda key: float(r[key]) if key in r else None  # noqa: E731
+    return {
+        "plr": number("plr"),
+        "adaptive_plr": number("adaptive_plr") if adaptive else (number("plr") if method is None else None),
+        "acc": number("acc"),
+        "per_class": [float(x) for x in r["per_class"]],
+        "ssim": number("ssim_anonymised"), "psnr": number("psnr_anonymised"),
+        "recovery": ({"ssim": number("ssim_recovered"), "psnr": number("psnr_recovered"),
+                      "plr": number("plr_recovered")} if recovery else None),
+    }
+
+
+def _similarity_counts(name: str, original: jax.Array, other: jax.Array, mask: jax.Array) -> dict:
+    """Summed SSIM and PSNR over every frame of the unmasked clips (B, T, H, W, 3)."""
+    frame_mask = jnp.broadcast_to(mask[:, None], original.shape[:2]).astype(jnp.float32)
+    return {f"{kind}_{name}": {"correct": jnp.sum(fn(original, other) * frame_mask), "total": jnp.sum(frame_mask)}
+            for kind, fn in (("ssim", metrics.ssim), ("psnr", metrics.psnr))}
 
 
 def figure_rows(ctx: Context, num_clips: int) -> tuple[list[np.ndarray], list[str]]:

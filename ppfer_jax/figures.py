@@ -1,7 +1,8 @@
 """Figures of video frames: a labelled grid of clips, and a PNG writer that never leaves half a file.
 
 Each row of a grid is one clip, e.g. (original, low band, high band, G, C) of the
-same video, so the stages of the method can be compared frame by frame.
+same video, so the stages of the method can be compared frame by frame. Also the paper's
+privacy-utility scatter (Figure 1), drawn with matplotlib.
 """
 
 from __future__ import annotations
@@ -105,3 +106,38 @@ def _check_positive_int(name: str, value, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def privacy_utility_scatter(points: Sequence[tuple[str, float, float]], chance_plr: float, chance_acc: float,
+                            paper_points: Sequence[tuple[str, float, float]] | None = None,
+                            secondary: Sequence[tuple[str, float, float]] | None = None) -> np.ndarray:
+    """The paper's Figure 1: PLR (%) against ACC (%), one labelled point per (label, plr, acc); ``secondary``
+    points (the ablations) small and grey, ``paper_points`` hollow. Returns a uint8 (H, W, 3) image.
+    Matplotlib's Agg canvas, no pyplot: no global state, no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 6), dpi=110)
+    canvas = FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for k, (label, plr, acc) in enumerate(points):
+        ax.scatter([plr], [acc], s=70, color=f"C{k % 10}", zorder=3, label=label)
+        ax.annotate(label, (plr, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for label, plr, acc in secondary or ():
+        ax.scatter([plr], [acc], s=22, color="0.55", marker="s", zorder=2)
+        ax.annotate(label, (plr, acc), textcoords="offset points", xytext=(4, -9), fontsize=7, color="0.4")
+    if paper_points:
+        ax.scatter([p for _, p, _ in paper_points], [a for _, _, a in paper_points], s=60, facecolors="none",
+                   edgecolors="0.6", zorder=2, label="paper (CREMA-D)")
+    ax.axvline(chance_plr, color="0.3", linestyle="--", linewidth=1)
+    ax.axhline(chance_acc, color="0.3", linestyle="--", linewidth=1)
+    ax.annotate("chance", (chance_plr, 98), textcoords="offset points", xytext=(3, -2), fontsize=7, color="0.3")
+    ax.annotate("chance", (98, chance_acc), textcoords="offset points", xytext=(-30, 3), fontsize=7, color="0.3")
+    ax.annotate("better", xy=(4, 96), xytext=(22, 78), fontsize=8, color="0.3",
+                arrowprops=dict(arrowstyle="->", color="0.3"))
+    ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="privacy leakage ratio, PLR (%) ↓",
+           ylabel="utility accuracy, ACC (%) ↑", title="Privacy–utility trade-off (Figure 1)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

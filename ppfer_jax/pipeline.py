@@ -37,8 +37,8 @@ def dependencies(name: str) -> set[str]:
     if name == EVALUATE:
         return {s.name for s in ppfer.STAGES}
     stage = ppfer.STAGE_BY_NAME[name]
-    reads = stage.frozen + (ppfer.ANONYMISER if stage.anonymised else ())
-    return {ppfer.producer(n) for n in reads} | set(stage.init_from.values())
+    anonymiser = {ppfer.producer(n) for n in ppfer.ANONYMISER} if stage.anonymised else set()
+    return {stage.source_of(n) for n in stage.frozen} | anonymiser | set(stage.init_from.values())
 
 
 def downstream(name: str) -> list[str]:
@@ -51,11 +51,14 @@ def downstream(name: str) -> list[str]:
 
 
 def check_workdir_config(config, workdir: Path) -> None:
-    """Stores the config at the first run; afterwards a different config stops the run."""
+    """Stores the config at the first run; afterwards a different config stops the run. ``suite`` (which rows
+    ``reproduce`` runs) changes no stage's numbers, so it may differ."""
     path = Path(workdir) / CONFIG_FILE
     current = json.loads(json.dumps(config.to_dict()))
     if path.exists():
         stored = json.loads(path.read_text())
+        for section in (stored, current):
+            section.pop("suite", None)
         if stored != current:
             diffs = sorted(_diff(stored, current))
             shown = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, a, b in diffs[:8])
@@ -97,7 +100,7 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
             shutil.rmtree(workdir / name, ignore_errors=True)
         print(f"re-running {', '.join(downstream(rerun))}")
     ctx = ppfer.Context(config, workdir, mesh or mesh_from_config(config))
-    timings = _load_timings(workdir)
+    timings = load_timings(workdir)
     for name in downstream(rerun) if rerun is not None else ():
         timings.pop(name, None)
     for stage in ppfer.STAGES:
@@ -109,7 +112,7 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         if not (workdir / stage.name / "DONE.json").exists():
             return None  # stopped early on request
         timings[stage.name] = time.perf_counter() - start + timings.get(stage.name, 0.0)
-        _save_timings(workdir, timings)
+        save_timings(workdir, timings)
     results_path = workdir / EVALUATE / RESULTS_FILE
     if results_path.exists():
         results = json.loads(results_path.read_text())
@@ -117,7 +120,7 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         start = time.perf_counter()
         results = evaluation.evaluate(ctx)
         timings[EVALUATE] = time.perf_counter() - start
-        _save_timings(workdir, timings)
+        save_timings(workdir, timings)
         if jax.process_index() == 0:
             write_json_atomically(results_path, results)
     full = report.build(results, json.loads((workdir / CONFIG_FILE).read_text()), timings)
@@ -127,11 +130,11 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
     return full
 
 
-def _load_timings(workdir: Path) -> dict:
+def load_timings(workdir: Path) -> dict:
     path = workdir / "timings.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _save_timings(workdir: Path, timings: dict) -> None:
+def save_timings(workdir: Path, timings: dict) -> None:
     if jax.process_index() == 0:
         write_json_atomically(workdir / "timings.json", timings)

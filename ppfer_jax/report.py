@@ -27,14 +27,14 @@ def build(results: dict, config_dict: dict, timings: dict) -> dict:
 
 def write(workdir: Path, report: dict, figure=None) -> None:
     workdir = Path(workdir)
-    write_text_atomically(workdir / "report.json", json.dumps(report, indent=2, default=_jsonable) + "\n")
+    write_text_atomically(workdir / "report.json", json.dumps(report, indent=2, default=jsonable) + "\n")
     write_text_atomically(workdir / "report.md", markdown(report))
     if figure is not None:
         rows, labels = figure
         save_png(workdir / "report.png", frame_grid(rows, row_labels=labels, scale=2))
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
@@ -43,23 +43,23 @@ def tables(report: dict) -> str:
     r, p = report["results"], report["paper"]
     t1 = r["table1"]
     lines = [f"Table 1 (synthetic test split, {r['num_test_clips']} clips, {r['num_identities']} identities; "
-             f"chance PLR = 1/{r['num_identities']} = {_pct(r['chance_plr'])}, chance ACC = {_pct(r['chance_acc'])})",
+             f"chance PLR = 1/{r['num_identities']} = {pct(r['chance_plr'])}, chance ACC = {pct(r['chance_acc'])})",
              "",
              "| Approach | PLR (V_pl) ↓ | adaptive PLR ↓ | ACC ↑ | paper PLR (CREMA-D) | paper ACC (CREMA-D) |",
              "|---|---|---|---|---|---|"]
     for key, label in ROWS:
-        lines.append(f"| {label} | {_pct(t1[key]['plr'])} | {_pct(t1[key]['adaptive_plr'])} | {_pct(t1[key]['acc'])} "
-                     f"| {_pct(p['table1'][key]['plr'])} | {_pct(p['table1'][key]['acc'])} |")
+        lines.append(f"| {label} | {pct(t1[key]['plr'])} | {pct(t1[key]['adaptive_plr'])} | {pct(t1[key]['acc'])} "
+                     f"| {pct(p['table1'][key]['plr'])} | {pct(p['table1'][key]['acc'])} |")
     names = r["expressions"]
     lines += ["", "Table 2 (per-class ACC of F_u; paper rows: CREMA-D, published)", "",
               "| Row | " + " | ".join(n[:3].capitalize() for n in names) + " | Avg (ACC) |",
               "|---|" + "---|" * (len(names) + 1)]
     for key, label in ROWS:
-        lines.append(f"| {label} | " + " | ".join(_pct(x) for x in r["table2"][key]) +
-                     f" | {_pct(t1[key]['acc'])} |")
+        lines.append(f"| {label} | " + " | ".join(pct(x) for x in r["table2"][key]) +
+                     f" | {pct(t1[key]['acc'])} |")
     for key, label in ROWS:
-        lines.append(f"| paper: {label} | " + " | ".join(_pct(x) for x in p["table2"][key]) +
-                     f" | {_pct(p['table2_avg'][key])} |")
+        lines.append(f"| paper: {label} | " + " | ".join(pct(x) for x in p["table2"][key]) +
+                     f" | {pct(p['table2_avg'][key])} |")
     return "\n".join(lines)
 
 
@@ -67,13 +67,13 @@ def markdown(report: dict) -> str:
     r = report["results"]
     parts = ["# PPFER report", "", tables(report), "",
              "## Controllers (clean val accuracy on their own input, before Algorithm 1)", ""]
-    parts += [f"- {k}: {_pct(v)}" for k, v in r["controllers_clean_accuracy"].items()]
+    parts += [f"- {k}: {pct(v)}" for k, v in r["controllers_clean_accuracy"].items()]
     parts += ["", "## After Algorithm 1 (selected step "
               f"{r['controllers_after_privacy']['selected_step']}, by min V_pl leakage on G of the val split)", ""]
-    parts += [f"- {k}: {_pct(v)}" for k, v in r["controllers_after_privacy"].items() if k != "selected_step"]
-    parts += [f"- V_pl on G (before compensation): {_pct(r['plr_before_compensation'])}", "",
+    parts += [f"- {k}: {pct(v)}" for k, v in r["controllers_after_privacy"].items() if k != "selected_step"]
+    parts += [f"- V_pl on G (before compensation): {pct(r['plr_before_compensation'])}", "",
               "## Expression controller C_fc (trained on the disjoint 'wild' people)", ""]
-    parts += [f"- {k}: {_pct(v)}" for k, v in r["expression_controller"].items()]
+    parts += [f"- {k}: {pct(v)}" for k, v in r["expression_controller"].items()]
     parts += ["", "## Image similarity to the original test frames (all frames, clipped to [0, 1])", "",
               f"- SSIM: C {r['ssim']['original_vs_C']:.3f}, G {r['ssim']['original_vs_G']:.3f} "
               f"(paper Table 3, after a recovery attack: 0.41)",
@@ -86,7 +86,7 @@ def markdown(report: dict) -> str:
     return "\n".join(parts)
 
 
-def _jsonable(value):
+def jsonable(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -39,7 +39,7 @@ def run_steps(config, stage, mesh, workdir):
     ctx = ppfer.Context(config, workdir, mesh)
     sharding = ctx.state_sharding(stage)
     state = jax.jit(ctx.shape_state(stage), out_shardings=sharding)()
-    tx = ppfer._optimizer(config, config.train[stage.train_key])
+    tx = ppfer.stage_optimizer(config, stage)
     step = compile_step(stage.step(ctx.nets, config, tx), mesh, sharding)
     data = make_iterator(ppfer.load_split(config, stage.split), batch_size=BATCH, seed=0, shard_index=0,
                          shard_count=1)

@@ -162,7 +162,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
 def test_anonymised_split_is_the_trained_chain_output_stored_as_uint8(uninterrupted):
     workdir, _, _ = uninterrupted
     ctx = ppfer.Context(tiny_config(), workdir, make_mesh())
-    raw, anonymised = ctx.source("test"), ctx.source("test", anonymised=True)
+    raw, anonymised = ctx.source("test"), ctx.source("test", anonymised="ppfer")
     video = anonymised.arrays["video"]
     assert video.dtype == np.uint8 and video.shape == raw.arrays["video"].shape
     for field in ("identity", "expression", "eval_frame"):
@@ -178,7 +178,7 @@ def test_anonymised_split_is_the_trained_chain_output_stored_as_uint8(uninterrup
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_learning_rate_schedules(schedule):
     config = tiny_config([f"train.utility.schedule={schedule}"])
-    tx = ppfer._optimizer(config, config.train.utility)
+    tx = ppfer.optimizer_for(config, config.train.utility)
     params = {"w": jax.numpy.ones(3)}
     first, _ = tx.update({"w": jax.numpy.ones(3)}, tx.init(params), params)
     # Cosine warms up from 0, so its first update is exactly zero; constant Adam moves by lr at once.
@@ -189,4 +189,4 @@ def test_learning_rate_schedules(schedule):
 def test_unknown_schedule_names_the_config_key():
     config = tiny_config(["train.utility.schedule=linear"])
     with pytest.raises(ValueError, match="schedule"):
-        ppfer._optimizer(config, config.train.utility)
+        ppfer.optimizer_for(config, config.train.utility)

@@ -146,7 +146,7 @@ def test_bf16_compute_trains_and_keeps_float32_params():
     stage = ppfer.STAGE_BY_NAME["pretrain/identity"]
     ctx = ppfer.Context(config, "/nonexistent", make_mesh())
     state = jax.jit(ctx.shape_state(stage))()
-    tx = ppfer._optimizer(config, config.train[stage.train_key])
+    tx = ppfer.stage_optimizer(config, stage)
     step = jax.jit(stage.step(ctx.nets, config, tx))
     source = ppfer.load_split(config, "train")
     batch = {k: jnp.asarray(np.stack([source[i][k] for i in range(16)])) for k in ("video", "identity")}

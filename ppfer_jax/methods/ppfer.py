@@ -44,11 +44,17 @@ from ppfer_jax.models import build_model
 from ppfer_jax.parallel import global_batch, process_batch_size, tree_shardings
 from ppfer_jax.training import TrainState, abstract_state, fit, load_best
 
-NETS = ("c_low", "c_high", "v_pl", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker")
+NETS = ("c_low", "c_high", "v_pl", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker",
+        "f_frame", "c_frame", "adversary", "recovery")
 ANONYMISER = ("f_low", "f_high", "f_fc")  # the networks that make an anonymised split
 ROLES = {"c_low": "identity_controller", "c_high": "identity_controller", "v_pl": "validator",
          "attacker": "validator", "c_fc": "expression_controller", "f_low": "enhancer_low",
-         "f_high": "enhancer_high", "f_fc": "compensator", "f_u": "utility"}  # network -> config.model key
+         "f_high": "enhancer_high", "f_fc": "compensator", "f_u": "utility",
+         # the evaluation suite's (``ppfer-jax reproduce``): a frame enhancer and its controller (ablations without
+         # the wavelet, the trade-off baseline's anonymiser), the trade-off's identity adversary, and the
+         # recovery attacker of the threat model
+         "f_frame": "enhancer_frame", "c_frame": "identity_controller", "adversary": "validator",
+         "recovery": "recovery"}  # network -> config.model key
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -74,6 +80,10 @@ class Nets:
             "c_high": lambda: dict(num_classes=c.data.num_identities),
             "v_pl": lambda: dict(num_classes=c.data.num_identities),
             "attacker": lambda: dict(num_classes=c.data.num_identities),
+            "c_frame": lambda: dict(num_classes=c.data.num_identities),
+            "adversary": lambda: dict(num_classes=c.data.num_identities),
+            "f_frame": lambda: dict(out_channels=3),
+            "recovery": lambda: dict(out_channels=3),
             "c_fc": lambda: dict(num_classes=c.data.num_expressions),
             "f_u": lambda: dict(num_classes=c.data.num_expressions),
             "f_low": lambda: dict(out_channels=3),
@@ -130,24 +140,50 @@ class Nets:
 
     def privatize(self, frozen: dict, frames: jax.Array) -> jax.Array:
         """G = merge(F_lpr(low), F_hpr(high)) of float frames (..., H, W, 3), frame by frame."""
-        flat, lead = _flatten_frames(frames)
-        low, high = self.split(flat)
-        g = self.merge(self.apply("f_low", frozen["f_low"], low), self.apply("f_high", frozen["f_high"], high))
-        return g.reshape(lead + g.shape[1:])
+        return WAVELET.apply(self, frozen, frames)
 
     def compensate(self, variables: dict, g: jax.Array) -> jax.Array:
         """C = F_fc(G) frame by frame (G + U-ViT(G) when compensation.residual)."""
-        flat, lead = _flatten_frames(g)
+        flat, lead = flatten_frames(g)
         out = self.apply("f_fc", variables, flat)
         out = flat + out if self.config.compensation.residual else out
         return out.reshape(lead + out.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class Privatizer:
+    """How privacy enhancers meet the frames: one per Haar band, merged back (the paper), or one on whole frames
+    (the ablations without the wavelet transform, Tasks 1-3). ``controllers[i]`` is ``enhancers[i]``'s."""
+
+    enhancers: tuple[str, ...]
+    controllers: tuple[str, ...]
+    wavelet: bool
+
+    def inputs(self, nets: Nets, frames: jax.Array) -> tuple[jax.Array, ...]:
+        """The enhancers' inputs from float frames (N, H, W, 3)."""
+        return nets.split(frames) if self.wavelet else (frames,)
+
+    def combine(self, nets: Nets, outputs) -> jax.Array:
+        """Privacy-preserved frames G from the enhancers' outputs."""
+        return nets.merge(*outputs) if self.wavelet else outputs[0]
+
+    def apply(self, nets: Nets, variables: dict, frames: jax.Array) -> jax.Array:
+        """G of float frames (..., H, W, 3), every enhancer frozen."""
+        flat, lead = flatten_frames(frames)
+        outputs = [nets.apply(name, variables[name], x) for name, x in zip(self.enhancers, self.inputs(nets, flat))]
+        g = self.combine(nets, outputs)
+        return g.reshape(lead + g.shape[1:])
+
+
+WAVELET = Privatizer(("f_low", "f_high"), ("c_low", "c_high"), wavelet=True)
+FRAMES = Privatizer(("f_frame",), ("c_frame",), wavelet=False)
 
 
 def _vars(variables: dict) -> dict:
     return {k: v for k, v in variables.items() if k == "params" or v}
 
 
-def _flatten_frames(x: jax.Array):
+def flatten_frames(x: jax.Array):
     return x.reshape((-1,) + x.shape[-3:]), x.shape[:-3]
 
 
@@ -188,12 +224,20 @@ class Stage:
     trains: tuple[str, ...]
     frozen: tuple[str, ...]
     split: str                     # training split
-    anonymised: bool               # train and evaluate on the anonymised split (ANONYMISER's output)
+    anonymised: str | None         # train and evaluate on this method's anonymised split (None: the raw clips)
     step: Callable                 # (nets, config, tx) -> step_fn
     evaluate: Callable             # (ctx) -> eval_fn(state) -> dict
     select: tuple[str, str] | None = None
     augmented: bool = False        # training clips get config.train.augment (flips, shifts, resized crops)
     init_from: dict = dataclasses.field(default_factory=dict)  # trained net -> stage whose weights start it
+    sources: dict = dataclasses.field(default_factory=dict)    # frozen net -> the stage it is loaded from, where
+    #                                                            that is not its ``producer``
+    originals: bool = False        # batches also hold the raw clips as ``original`` (the recovery attack)
+    optimizer: Callable | None = None  # (config, section) -> optax transform; None: ``stage_optimizer``'s default
+
+    def source_of(self, name: str) -> str:
+        """The stage a frozen network of this stage is loaded from."""
+        return self.sources.get(name) or producer(name)
 
 
 def producer(name: str) -> str:
@@ -206,7 +250,13 @@ def producer(name: str) -> str:
 OPTIMIZERS = {"adam": optax.adam, "sgd": lambda rate: optax.sgd(rate, momentum=0.9)}
 
 
-def _optimizer(config, section) -> optax.GradientTransformation:
+def stage_optimizer(config, stage: Stage) -> optax.GradientTransformation:
+    """The stage's optimizer: its own builder's, else the configured one at its section's schedule."""
+    section = config.train[stage.train_key]
+    return (stage.optimizer or optimizer_for)(config, section)
+
+
+def optimizer_for(config, section) -> optax.GradientTransformation:
     """The stage's optimizer (Adam, or SGD with momentum 0.9) at its learning rate: constant, or a linear warm-up
     (a tenth of the steps) then cosine decay."""
     if config.train.optimizer not in OPTIMIZERS:
@@ -221,7 +271,7 @@ def _optimizer(config, section) -> optax.GradientTransformation:
     raise ValueError(f"config train.*.schedule: expected 'constant' or 'cosine', got {schedule!r}")
 
 
-def _step(loss_fn):
+def make_step(loss_fn):
     """A step builder from a loss builder: ``loss_fn(nets, config)(params, batch_stats, frozen, batch, rng)``
     returns (loss, (metrics, new_batch_stats)). Only ``params`` (the trained networks) is differentiated;
     ``frozen`` is read, never an argument of grad."""
@@ -260,7 +310,7 @@ def _identity_eval(ctx):
         low, high = nets.split(frame)
         out = {}
         for name, x in (("c_low", low), ("c_high", high), ("v_pl", frame)):
-            logits = nets.apply(name, _net(state, name), x)
+            logits = nets.apply(name, net_variables(state, name), x)
             out[f"{name}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
         return out
     return ctx.evaluator(counts, "val")
@@ -269,12 +319,11 @@ def _identity_eval(ctx):
 # -- pretrain/enhancer: U-Nets reconstruct their band (L1)
 
 
-def _enhancer_loss(nets, config):
+def _enhancer_loss(nets, config, privatizer: Privatizer = WAVELET):
     def loss_fn(params, batch_stats, frozen, batch, rng):
-        frames, _ = _flatten_frames(to_float(batch["video"]))
-        low, high = nets.split(frames)
+        frames, _ = flatten_frames(to_float(batch["video"]))
         new_stats, logs, total = {}, {}, 0.0
-        for name, band in (("f_low", low), ("f_high", high)):
+        for name, band in zip(privatizer.enhancers, privatizer.inputs(nets, frames)):
             out, new_stats[name] = nets.apply_train(name, params[name], batch_stats[name], band)
             logs[f"{name}_l1"] = losses.l1(out, band)
             total += logs[f"{name}_l1"]
@@ -282,55 +331,61 @@ def _enhancer_loss(nets, config):
     return loss_fn
 
 
-def _enhancer_eval(ctx):
+def _enhancer_eval(ctx, privatizer: Privatizer = WAVELET):
     nets = ctx.nets
 
     def counts(state, batch):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
-        low, high = nets.split(frame)
         m = batch["mask"].astype(jnp.float32)
         out = {}
-        for name, band in (("f_low", low), ("f_high", high)):
-            err = jnp.mean(jnp.abs(nets.apply(name, _net(state, name), band) - band), axis=(1, 2, 3))
+        for name, band in zip(privatizer.enhancers, privatizer.inputs(nets, frame)):
+            err = jnp.mean(jnp.abs(nets.apply(name, net_variables(state, name), band) - band), axis=(1, 2, 3))
             out[f"{name}_l1"] = {"correct": jnp.sum(err * m), "total": jnp.sum(m)}
         return out
     return ctx.evaluator(counts, "val")
 
 
-# -- pretrain/expression: C_fc on frames of the disjoint 'wild' people
+# -- one frame classifier on one random frame per clip: C_fc (pretrain/expression, on the disjoint 'wild'
+#    people), the adaptive attacker (attack/adaptive, on anonymised training clips), C_frame (the ablations)
 
 
-def _expression_loss(nets, config):
+def _frame_classifier_loss(nets, config, *, net: str, label: str):
     def loss_fn(params, batch_stats, frozen, batch, rng):
-        frame = random_frames(rng, to_float(batch["video"]))
-        logits, stats = nets.apply_train("c_fc", params["c_fc"], batch_stats["c_fc"], frame)
-        return losses.cross_entropy(logits, batch["expression"]), (
-            {"acc": metrics.accuracy(logits, batch["expression"])}, {"c_fc": stats})
+        frame = to_float(random_frames(rng, batch["video"]))  # convert one frame, not the clip
+        logits, stats = nets.apply_train(net, params[net], batch_stats[net], frame)
+        return losses.cross_entropy(logits, batch[label]), (
+            {"acc": metrics.accuracy(logits, batch[label])}, {net: stats})
     return loss_fn
 
 
-def _expression_eval(ctx):
-    nets = ctx.nets
-
+def _frame_classifier_eval(ctx, *, net: str, label: str, metric: str, anonymised: str | None = None):
     def counts(state, batch):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
-        logits = nets.apply("c_fc", _net(state, "c_fc"), frame)
-        return {"c_fc_acc_val_frames": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
-    return ctx.evaluator(counts, "val")
+        logits = ctx.nets.apply(net, net_variables(state, net), frame)
+        return {metric: metrics.correct_counts(logits, batch[label], batch["mask"])}
+    return ctx.evaluator(counts, "val", anonymised)
+
+
+def frame_classifier_stage(name: str, train_key: str, net: str, label: str, metric: str, *, split: str = "train",
+                           anonymised: str | None = None) -> Stage:
+    """A stage training ``net`` on one random frame per clip against ``label`` (cross-entropy)."""
+    return Stage(name, train_key, (net,), (), split, anonymised,
+                 make_step(functools.partial(_frame_classifier_loss, net=net, label=label)),
+                 functools.partial(_frame_classifier_eval, net=net, label=label, metric=metric,
+                                   anonymised=anonymised))
 
 
 # -- s1/privacy (Algorithm 1): enhancers against frozen band controllers
 
 
-def _privacy_loss(nets, config):
+def _privacy_loss(nets, config, privatizer: Privatizer = WAVELET):
     objective = config.privacy.objective
 
     def loss_fn(params, batch_stats, frozen, batch, rng):
-        frames, _ = _flatten_frames(to_float(batch["video"]))
+        frames, _ = flatten_frames(to_float(batch["video"]))
         labels = jnp.repeat(batch["identity"], batch["video"].shape[1])
-        low, high = nets.split(frames)
         new_stats, logs, total = {}, {}, 0.0
-        for name, ctrl, band in (("f_low", "c_low", low), ("f_high", "c_high", high)):
+        for name, ctrl, band in zip(privatizer.enhancers, privatizer.controllers, privatizer.inputs(nets, frames)):
             out, new_stats[name] = nets.apply_train(name, params[name], batch_stats[name], band)
             logits = nets.apply(ctrl, frozen[ctrl], out)
             loss = losses.privacy_loss(logits, labels, objective)
@@ -341,17 +396,16 @@ def _privacy_loss(nets, config):
     return loss_fn
 
 
-def _privacy_eval(ctx):
+def _privacy_eval(ctx, privatizer: Privatizer = WAVELET):
     nets = ctx.nets
 
     def counts(state, batch):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
-        enhancers = {name: _net(state, name) for name in ("f_low", "f_high")}
-        low, high = nets.split(frame)
+        enhancers = {name: net_variables(state, name) for name in privatizer.enhancers}
         out = {"leakage": metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"],
-                                                             nets.privatize(enhancers, frame)),
+                                                             privatizer.apply(nets, enhancers, frame)),
                                                   batch["identity"], batch["mask"])}
-        for name, ctrl, band in (("f_low", "c_low", low), ("f_high", "c_high", high)):
+        for name, ctrl, band in zip(privatizer.enhancers, privatizer.controllers, privatizer.inputs(nets, frame)):
             logits = nets.apply(ctrl, state.frozen[ctrl], nets.apply(name, enhancers[name], band))
             out[f"{ctrl}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
         return out
@@ -361,24 +415,30 @@ def _privacy_eval(ctx):
 # -- s2/compensation (Algorithm 2): U-ViT against the frozen expression controller
 
 
-def _compensation_loss(nets, config):
+def _compensation_loss(nets, config, privatizer: Privatizer = WAVELET, controlled: bool = True):
+    """Algorithm 2: F_fc minimises C_fc's expression CE on C (``controlled``), or, without its controller
+    (ablation Task 4), the mean squared error between C and the original frames."""
     def loss_fn(params, batch_stats, frozen, batch, rng):
         frames = to_float(batch["video"])
         labels = jnp.repeat(batch["expression"], frames.shape[1])
-        g = jax.lax.stop_gradient(nets.privatize(frozen, frames))
+        g = jax.lax.stop_gradient(privatizer.apply(nets, frozen, frames))
         c = nets.compensate({"params": params["f_fc"]}, g)
-        logits = nets.apply("c_fc", frozen["c_fc"], _flatten_frames(c)[0])
-        return losses.cross_entropy(logits, labels), ({"c_fc_acc": metrics.accuracy(logits, labels)}, batch_stats)
+        logits = nets.apply("c_fc", frozen["c_fc"], flatten_frames(c)[0])
+        logs = {"c_fc_acc": metrics.accuracy(logits, labels)}
+        if controlled:
+            return losses.cross_entropy(logits, labels), (logs, batch_stats)
+        mse = jnp.mean(jnp.square(c - frames))
+        return mse, ({**logs, "mse": mse}, batch_stats)
     return loss_fn
 
 
-def _compensation_eval(ctx):
+def _compensation_eval(ctx, privatizer: Privatizer = WAVELET):
     nets = ctx.nets
 
     def counts(state, batch):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
-        g = nets.privatize(state.frozen, frame)
-        c = nets.compensate(_net(state, "f_fc"), g)
+        g = privatizer.apply(nets, state.frozen, frame)
+        c = nets.compensate(net_variables(state, "f_fc"), g)
         m = batch["mask"]
         return {"c_fc_acc_on_g": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], g),
                                                         batch["expression"], m),
@@ -392,9 +452,9 @@ def _compensation_eval(ctx):
 # -- s3/utility and no_privacy: R3D on anonymised / raw clips
 
 
-def compensated_clips(nets, frozen, video):
+def compensated_clips(nets, frozen, video, privatizer: Privatizer = WAVELET):
     """C = F_fc(merge(F_lpr(low), F_hpr(high))) of uint8 clips, all upstream frozen."""
-    return nets.compensate(frozen["f_fc"], nets.privatize(frozen, to_float(video)))
+    return nets.compensate(frozen["f_fc"], privatizer.apply(nets, frozen, to_float(video)))
 
 
 def _utility_loss(nets, config):
@@ -408,55 +468,64 @@ def _utility_loss(nets, config):
     return loss_fn
 
 
-def _utility_eval(ctx, *, anonymised: bool):
+def _utility_eval(ctx, *, anonymised: str | None):
     def counts(state, batch):
-        logits = ctx.nets.apply("f_u", _net(state, "f_u"), to_float(batch["video"]))
+        logits = ctx.nets.apply("f_u", net_variables(state, "f_u"), to_float(batch["video"]))
         return {"acc": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
     return ctx.evaluator(counts, "val", anonymised)
 
 
-# -- attack/adaptive: a fresh identity classifier on anonymised training frames
-
-
-def _attack_loss(nets, config):
-    def loss_fn(params, batch_stats, frozen, batch, rng):
-        frame = to_float(random_frames(rng, batch["video"]))  # convert one frame, not the clip
-        logits, stats = nets.apply_train("attacker", params["attacker"], batch_stats["attacker"], frame)
-        return losses.cross_entropy(logits, batch["identity"]), (
-            {"acc": metrics.accuracy(logits, batch["identity"])}, {"attacker": stats})
-    return loss_fn
-
-
-def _attack_eval(ctx, *, anonymised: bool):
-    def counts(state, batch):
-        frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
-        logits = ctx.nets.apply("attacker", _net(state, "attacker"), frame)
-        return {"adaptive_plr": metrics.correct_counts(logits, batch["identity"], batch["mask"])}
-    return ctx.evaluator(counts, "val", anonymised)
-
-
-def _net(state: TrainState, name: str) -> dict:
+def net_variables(state: TrainState, name: str) -> dict:
     return {"params": state.params[name], "batch_stats": state.batch_stats[name]}
 
 
+def utility_stage(name: str, method: str | None) -> Stage:
+    """F_u trained on a method's anonymised clips (``train.utility``), or on the raw clips (``train.no_privacy``)."""
+    return Stage(name, "no_privacy" if method is None else "utility", ("f_u",), (), "train", method,
+                 make_step(_utility_loss), functools.partial(_utility_eval, anonymised=method), augmented=True)
+
+
+def adaptive_attack_stage(name: str, method: str) -> Stage:
+    """A fresh identity classifier trained on a method's anonymised training frames: the adaptive attack."""
+    return frame_classifier_stage(name, "adaptive_attack", "attacker", "identity", "adaptive_plr",
+                                  anonymised=method)
+
+
+def enhancer_pretrain_stage(name: str, train_key: str, privatizer: Privatizer) -> Stage:
+    """The enhancers learn to reconstruct their input (L1), as the paper initialises them (after SPAct)."""
+    return Stage(name, train_key, privatizer.enhancers, (), "train", None,
+                 make_step(functools.partial(_enhancer_loss, privatizer=privatizer)),
+                 functools.partial(_enhancer_eval, privatizer=privatizer))
+
+
+def privacy_stage(name: str, privatizer: Privatizer, *, start: str, sources: dict | None = None) -> Stage:
+    """Algorithm 1: the enhancers (started from stage ``start``) against their frozen identity controllers; the
+    checkpoint with the least V_pl leakage on val is kept."""
+    return Stage(name, "privacy", privatizer.enhancers, privatizer.controllers + ("v_pl",), "train", None,
+                 make_step(functools.partial(_privacy_loss, privatizer=privatizer)),
+                 functools.partial(_privacy_eval, privatizer=privatizer), select=("leakage", "min"),
+                 init_from={n: start for n in privatizer.enhancers}, sources=sources or {})
+
+
+def compensation_stage(name: str, privatizer: Privatizer, *, controlled: bool = True,
+                       sources: dict | None = None) -> Stage:
+    """Algorithm 2: F_fc on the frozen enhancers' G, against C_fc (``controlled``) or by MSE (Task 4)."""
+    return Stage(name, "compensation", ("f_fc",), privatizer.enhancers + ("c_fc", "v_pl"), "train", None,
+                 make_step(functools.partial(_compensation_loss, privatizer=privatizer, controlled=controlled)),
+                 functools.partial(_compensation_eval, privatizer=privatizer), sources=sources or {})
+
+
 STAGES = (
-    Stage("pretrain/identity", "pretrain_identity", ("c_low", "c_high", "v_pl"), (), "train", False,
-          _step(_identity_loss), _identity_eval),
-    Stage("pretrain/enhancer", "pretrain_enhancer", ("f_low", "f_high"), (), "train", False,
-          _step(_enhancer_loss), _enhancer_eval),
-    Stage("pretrain/expression", "pretrain_expression", ("c_fc",), (), "wild", False,
-          _step(_expression_loss), _expression_eval),
-    Stage("s1/privacy", "privacy", ("f_low", "f_high"), ("c_low", "c_high", "v_pl"), "train", False,
-          _step(_privacy_loss), _privacy_eval, select=("leakage", "min"),
-          init_from={"f_low": "pretrain/enhancer", "f_high": "pretrain/enhancer"}),
-    Stage("s2/compensation", "compensation", ("f_fc",), ("f_low", "f_high", "c_fc", "v_pl"), "train", False,
-          _step(_compensation_loss), _compensation_eval),
-    Stage("s3/utility", "utility", ("f_u",), (), "train", True,
-          _step(_utility_loss), functools.partial(_utility_eval, anonymised=True), augmented=True),
-    Stage("no_privacy", "no_privacy", ("f_u",), (), "train", False,
-          _step(_utility_loss), functools.partial(_utility_eval, anonymised=False), augmented=True),
-    Stage("attack/adaptive", "adaptive_attack", ("attacker",), (), "train", True,
-          _step(_attack_loss), functools.partial(_attack_eval, anonymised=True)),
+    Stage("pretrain/identity", "pretrain_identity", ("c_low", "c_high", "v_pl"), (), "train", None,
+          make_step(_identity_loss), _identity_eval),
+    enhancer_pretrain_stage("pretrain/enhancer", "pretrain_enhancer", WAVELET),
+    frame_classifier_stage("pretrain/expression", "pretrain_expression", "c_fc", "expression", "c_fc_acc_val_frames",
+                           split="wild"),
+    privacy_stage("s1/privacy", WAVELET, start="pretrain/enhancer"),
+    compensation_stage("s2/compensation", WAVELET),
+    utility_stage("s3/utility", "ppfer"),
+    utility_stage("no_privacy", None),
+    adaptive_attack_stage("attack/adaptive", "ppfer"),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -475,48 +544,85 @@ def stage_seed(config, name: str) -> int:
 # Running a stage
 
 
-class Context:
-    """What stages share in one pipeline run: config, workdir, mesh, networks, data, loaded upstream states."""
+def ppfer_split(ctx: Context, split: str, method: str) -> ArraySource:
+    """The split anonymised by the trained PPFER chain C = F_fc(merge(F_lpr(low), F_hpr(high)))."""
+    frozen = {n: ctx.network(n) for n in ANONYMISER}
+    return ctx.map_clips(load_split(ctx.config, split), lambda video: to_uint8(compensated_clips(ctx.nets, frozen,
+                                                                                                 video)))
 
-    def __init__(self, config, workdir: Path, mesh):
+
+class Context:
+    """What stages share in one run: config, workdir, mesh, networks, data, loaded upstream states.
+
+    ``stages`` (name -> Stage) are the stages whose checkpoints it can load; ``methods`` (family -> function
+    ``(ctx, split, method) -> ArraySource``) make the anonymised splits that stages with ``anonymised=method``
+    read, the family being ``method``'s first path component (``blur/sigma=2`` -> ``blur``). With
+    ``keep_originals`` every anonymised split also holds the raw clips as ``original`` (the recovery attack's
+    targets); the stages read a view without them.
+    """
+
+    def __init__(self, config, workdir: Path, mesh, *, stages: dict | None = None, methods: dict | None = None,
+                 keep_originals: bool = False):
         self.config, self.workdir, self.mesh = config, Path(workdir), mesh
         self.nets = Nets(config)
+        self.stages = dict(STAGE_BY_NAME if stages is None else stages)
+        self.methods = {"ppfer": ppfer_split, **(methods or {})}
+        self.keep_originals = keep_originals
         self._states: dict[str, TrainState] = {}
-        self._anonymised: dict[str, ArraySource] = {}
+        self._anonymised: dict[tuple[str, str], ArraySource] = {}
 
     @property
     def eval_batch_size(self) -> int:
         """This process's share of ``train.eval_batch_size`` (a global batch)."""
         return process_batch_size(self.config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
 
-    def source(self, split: str, anonymised: bool = False) -> ArraySource:
-        """A split's clips: as rendered, or anonymised by the trained chain (computed once per run)."""
-        if not anonymised:
+    def source(self, split: str, anonymised: str | None = None, *, with_originals: bool = False) -> ArraySource:
+        """A split's clips: as rendered, or anonymised by a method (computed once per run and method)."""
+        if anonymised is None:
             return load_split(self.config, split)
-        if split not in self._anonymised:
-            self._anonymised[split] = self._anonymise(load_split(self.config, split))
-        return self._anonymised[split]
+        key = (anonymised, split)
+        if key not in self._anonymised:
+            family = anonymised.split("/")[0]
+            if family not in self.methods:
+                raise ValueError(f"no anonymisation method {family!r} (of {anonymised!r}); known: "
+                                 f"{', '.join(self.methods)}")
+            self._anonymised[key] = self.methods[family](self, split, anonymised)
+        full = self._anonymised[key]
+        if with_originals:
+            if "original" not in full.arrays:
+                raise ValueError(f"the {anonymised!r} split {split!r} was made without its originals: build the "
+                                 f"Context with keep_originals=True")
+            return full
+        return ArraySource({k: v for k, v in full.arrays.items() if k != "original"})
 
-    def _anonymise(self, source) -> ArraySource:
-        frozen = {n: self.network(n) for n in ANONYMISER}
-        chain = jax.jit(lambda video: to_uint8(compensated_clips(self.nets, frozen, video)))
+    def map_clips(self, source, video_fn: Callable, *, on_host: bool = False) -> ArraySource:
+        """``source`` with every clip's video replaced by ``video_fn(uint8 (B, T, H, W, 3))`` -> uint8, in
+        order, gathered on every process. ``video_fn`` is jitted over global batches, or (``on_host``) called on
+        this process's numpy batches (OpenCV, say). With ``keep_originals`` the raw video stays as ``original``."""
+        chain = video_fn if on_host else jax.jit(video_fn)
         parts = []
         for batch in iterate_once(source, self.eval_batch_size):  # this process's shard
+            if self.keep_originals:
+                batch["original"] = batch["video"]
+            if on_host:
+                batch["video"] = np.asarray(chain(batch["video"]), np.uint8)
             batch = global_batch(batch, self.mesh)
-            batch["video"] = chain(batch["video"])
+            if not on_host:
+                batch["video"] = chain(batch["video"])
             batch = {k: process_allgather(v, tiled=True) for k, v in batch.items()}  # every process: all clips
             mask = batch.pop(MASK)
             parts.append({k: v[mask] for k, v in batch.items()})
         return ArraySource({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
 
-    def evaluator(self, counts_fn, split: str, anonymised: bool = False) -> Callable[[TrainState], dict]:
+    def evaluator(self, counts_fn, split: str, anonymised: str | None = None,
+                  originals: bool = False) -> Callable[[TrainState], dict]:
         """eval_fn(state) -> {metric: value} summing ``counts_fn``'s {'correct', 'total'} over one pass."""
         jitted = jax.jit(counts_fn)
         batch_size = self.eval_batch_size
 
         def eval_fn(state) -> dict:
             sums = None
-            for batch in iterate_once(self.source(split, anonymised), batch_size):
+            for batch in iterate_once(self.source(split, anonymised, with_originals=originals), batch_size):
                 out = jitted(state, global_batch(batch, self.mesh))
                 sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
             sums = jax.device_get(sums)
@@ -529,7 +635,7 @@ class Context:
             key = stage_key(self.config, stage.name)
             trained = {n: self.nets.init(n, jax.random.fold_in(key, zlib.crc32(n.encode()))) for n in stage.trains}
             frozen = {n: self.nets.init(n, key) for n in stage.frozen}
-            return _make_state(trained, frozen, _optimizer(self.config, self.config.train[stage.train_key]))
+            return _make_state(trained, frozen, stage_optimizer(self.config, stage))
         return init
 
     def state_sharding(self, stage: Stage) -> TrainState:
@@ -540,7 +646,9 @@ class Context:
     def load(self, stage_name: str) -> TrainState:
         """The stage's selected (best, else final) state, loaded once per run."""
         if stage_name not in self._states:
-            stage = STAGE_BY_NAME[stage_name]
+            if stage_name not in self.stages:
+                raise ValueError(f"no stage {stage_name!r} to load networks from")
+            stage = self.stages[stage_name]
             target = abstract_state(self.shape_state(stage), self.state_sharding(stage))
             self._states[stage_name] = load_best(self.workdir, stage_name, target)
         return self._states[stage_name]
@@ -551,6 +659,11 @@ class Context:
 
     def forget(self, stage_name: str) -> None:
         self._states.pop(stage_name, None)
+
+    def forget_method(self, method: str | None, keep: tuple[str, ...] = ()) -> None:
+        """Frees a method's anonymised splits, but those of ``keep``."""
+        for key in [k for k in self._anonymised if k[0] == method and k[1] not in keep]:
+            del self._anonymised[key]
 
 
 def _make_state(trained: dict, frozen: dict, tx) -> TrainState:
@@ -568,8 +681,8 @@ def run_stage(ctx: Context, stage: Stage, *, stop_after: int | None = None) -> d
     """Trains one stage with ``fit`` (resuming or skipping as fit does); returns its summary."""
     config = ctx.config
     section = config.train[stage.train_key]
-    tx = _optimizer(config, section)
-    frozen = {n: ctx.network(n) for n in stage.frozen}
+    tx = stage_optimizer(config, stage)
+    frozen = {n: ctx.network(n, stage.source_of(n)) for n in stage.frozen}
     # Where each trained network starts: an upstream stage's weights, converted weights (init_from), or fresh.
     starts = {n: ctx.network(n, stage.init_from[n]) if n in stage.init_from else ctx.nets.pretrained(n)
               for n in stage.trains}
@@ -584,7 +697,8 @@ def run_stage(ctx: Context, stage: Stage, *, stop_after: int | None = None) -> d
 
     step_fn = stage.step(ctx.nets, config, tx)
     batch_size = process_batch_size(section.batch_size, ctx.mesh, f"train.{stage.train_key}.batch_size")
-    data = make_iterator(ctx.source(stage.split, stage.anonymised), batch_size=batch_size,
+    data = make_iterator(ctx.source(stage.split, stage.anonymised, with_originals=stage.originals),
+                         batch_size=batch_size,
                          seed=stage_seed(config, stage.name), transform=_loader_augment(config, stage),
                          worker_count=config.train.loader_workers)
     eval_every = section.get("eval_every") or None

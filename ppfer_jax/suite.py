@@ -1,0 +1,231 @@
+"""``ppfer-jax reproduce``: the paper's whole evaluation on one data set -- Tables 1-4 and Figure 1.
+
+It runs the PPFER pipeline (``pipeline.run``: its stages, Tables 1-2 for No privacy and PPFER), then every
+row of ``config.suite.rows``:
+
+* Table 1 baselines: Gaussian Blur 1 / 2 (sigma searched to match PPFER's val PLR / val ACC), the trade-off
+  framework, optical flow, image swapping (``ppfer_jax/methods/``);
+* Table 4 ablations: Tasks 1-6 (``methods/ablations.py``).
+
+A row is a method that turns clips into anonymised clips, plus the stages that train it. Every row then
+meets the same downstream stages -- F_u trained afresh on its anonymised training clips (``rows/<key>/utility``),
+the adaptive attacker (``rows/<key>/adaptive``) and the recovery attacker of the threat model
+(``rows/<key>/recovery``; Table 3) -- and the same test-split evaluation (``evaluation.evaluate_method``).
+Stages shared between rows (the frame enhancer, PPFER's s1 for Tasks 4-5, a blur sigma's F_u) run once;
+finished stages and rows are skipped, so an interrupted ``reproduce`` resumes where it stopped.
+
+Writes ``suite_report.md`` / ``suite_report.json`` (our numbers beside the paper's CREMA-D ones),
+``privacy_utility.png`` (Figure 1's scatter) and ``methods_frames.png`` (the methods on the same test clips).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ppfer_jax import evaluation, pipeline, suite_report
+from ppfer_jax.attacks import recovery_stage
+from ppfer_jax.figures import frame_grid
+from ppfer_jax.files import write_json_atomically
+from ppfer_jax.methods import ablations, blur, face_swap, optical_flow, tradeoff
+from ppfer_jax.methods.ppfer import STAGE_BY_NAME, Context, Stage, adaptive_attack_stage, run_stage, utility_stage
+from ppfer_jax.parallel import mesh_from_config
+from ppfer_jax.training import is_complete, read_summary
+
+TABLE1 = {"no_privacy": "No Privacy Preservation", "blur1": "Gaussian Blur 1", "blur2": "Gaussian Blur 2",
+          "tradeoff": "Trade-off Framework", "optical_flow": "Optical Flow", "swap": "Image Swapping",
+          "ppfer": "PPFER (ours)"}
+ROWS = tuple(TABLE1) + tuple(ablations.TASKS)
+METHODS = {"blur": blur.blur_split, "optical_flow": optical_flow.flow_split, "swap": face_swap.swap_split,
+           "tradeoff": tradeoff.tradeoff_split, **{key: ablations.ablation_split for key in ablations.TASKS}}
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the tables: its anonymisation method, the stages that train it, and its downstream stages."""
+
+    key: str
+    label: str
+    table: str                      # "table1" | "table4"
+    method: str | None              # the anonymised splits it is scored on (None: the raw clips)
+    stages: tuple[Stage, ...] = ()  # its own stages, in order (shared ones are skipped once done)
+    utility: Stage | None = None
+    adaptive: Stage | None = None
+    recovery: Stage | None = None
+    note: str = ""
+    status: str = "ok"              # anything else: why the row was not run
+
+
+class Runner:
+    """Runs stages not finished in the workdir (each once), registers them with the context, times them."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.timings = pipeline.load_timings(ctx.workdir)
+
+    def run(self, stage: Stage) -> dict:
+        """The stage's summary, training it first if it is not finished."""
+        self.ctx.stages[stage.name] = stage
+        if not is_complete(self.ctx.workdir, stage.name):
+            start = time.perf_counter()
+            run_stage(self.ctx, stage)
+            self.timings[stage.name] = time.perf_counter() - start
+            pipeline.save_timings(self.ctx.workdir, self.timings)
+        return read_summary(self.ctx.workdir, stage.name)
+
+
+def _scored(key: str, method: str, *, utility: Stage | None = None, attacks: bool = True) -> dict:
+    """A row's downstream stages: F_u on its clips, and (``attacks``) the adaptive and recovery attackers."""
+    return dict(utility=utility or utility_stage(f"rows/{key}/utility", method),
+                adaptive=adaptive_attack_stage(f"rows/{key}/adaptive", method) if attacks else None,
+                recovery=recovery_stage(f"rows/{key}/recovery", method) if attacks else None)
+
+
+def build_row(key: str, runner: Runner) -> Row:
+    """The row ``key``, running what it needs to be defined (the blur rows' sigma searches)."""
+    config = runner.ctx.config
+    if key == "no_privacy":
+        return Row(key, TABLE1[key], "table1", None, utility=STAGE_BY_NAME["no_privacy"],
+                   note="F_u and V_pl on the raw clips; its adaptive PLR is V_pl's own")
+    if key == "ppfer":
+        return Row(key, TABLE1[key], "table1", "ppfer", utility=STAGE_BY_NAME["s3/utility"],
+                   adaptive=STAGE_BY_NAME["attack/adaptive"], recovery=recovery_stage("attack/recovery", "ppfer"),
+                   note=f"Algorithm 1 objective {config.privacy.objective!r}")
+    if key in ("blur1", "blur2"):
+        search = _blur_search(key, runner)
+        method = blur.method_name(search["x"])
+        matched = "PLR" if key == "blur1" else "ACC"
+        return Row(key, TABLE1[key], "table1", method, **_scored(key, method, utility=_blur_utility(method)),
+                   note=f"sigma = {blur.sigma_of(method):.3g} px: val {matched} {100 * search['value']:.1f}% "
+                        f"for PPFER's val {matched} {100 * search['target']:.1f}% ({len(search['history'])} "
+                        f"evaluations, bisection)")
+    if key == "tradeoff":
+        return Row(key, TABLE1[key], "table1", "tradeoff", tradeoff.STAGES, **_scored(key, "tradeoff"),
+                   note=f"SPAct-style alternating updates, privacy objective {config.baselines.tradeoff.objective!r}"
+                        f", weight {config.baselines.tradeoff.privacy_weight}")
+    if key == "optical_flow":
+        return Row(key, TABLE1[key], "table1", "optical_flow", **_scored(key, "optical_flow"),
+                   note=optical_flow.FLOW_METHOD)
+    if key == "swap":
+        why = face_swap.unavailable(config)
+        if why:
+            return Row(key, TABLE1[key], "table1", None, status=why)
+        return Row(key, TABLE1[key], "table1", "swap", **_scored(key, "swap"),
+                   note="oracle swap: re-rendered with one outside person" if config.data.name == "synthetic"
+                   else f"pre-swapped clips from {config.baselines.swap.directory}")
+    if key in ablations.TASKS:
+        task = ablations.TASKS[key]
+        return Row(key, task.label, "table4", key, task.stages,
+                   **_scored(key, key, attacks=config.suite.ablation_attacks))
+    raise ValueError(f"config suite.rows: unknown row {key!r}; rows: {', '.join(ROWS)}")
+
+
+def _blur_utility(method: str) -> Stage:
+    """F_u on clips blurred with one sigma: shared by the blur rows and the ACC search."""
+    return utility_stage(f"rows/{method}/utility", method)
+
+
+def _blur_search(key: str, runner: Runner) -> dict:
+    """Blur 1's sigma matches PPFER's val PLR (V_pl on C, s2's last eval); Blur 2's its val ACC (F_u on C, s3's):
+    a bisection, cached in rows/<key>/search.json."""
+    workdir = runner.ctx.workdir
+    path = workdir / "rows" / key / "search.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if key == "blur1":
+        search = blur.plr_search(runner.ctx, read_summary(workdir, "s2/compensation")["eval"]["leakage_on_c"])
+    else:
+        search = blur.acc_search(runner.ctx, read_summary(workdir, "s3/utility")["eval"]["acc"],
+                                 lambda method: runner.run(_blur_utility(method))["eval"]["acc"])
+    result = search.to_dict()
+    if jax.process_index() == 0:
+        write_json_atomically(path, result)
+    return result
+
+
+def score_row(runner: Runner, row: Row) -> dict:
+    """Trains what the row is missing and evaluates it on the test split (cached in rows/<key>/results.json)."""
+    path = runner.ctx.workdir / "rows" / row.key / RESULTS_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    for stage in row.stages + tuple(s for s in (row.utility, row.adaptive, row.recovery) if s is not None):
+        runner.run(stage)
+    start = time.perf_counter()
+    result = evaluation.evaluate_method(runner.ctx, row.method, utility=row.utility.name,
+                                        adaptive=row.adaptive.name if row.adaptive else None,
+                                        recovery=row.recovery.name if row.recovery else None)
+    runner.timings[f"evaluate {row.key}"] = time.perf_counter() - start
+    pipeline.save_timings(runner.ctx.workdir, runner.timings)
+    if jax.process_index() == 0:
+        write_json_atomically(path, result)
+    return result
+
+
+def reproduce(config, workdir, *, mesh=None, make_figures: bool = True) -> dict:
+    """Runs the PPFER pipeline and every row of ``config.suite.rows``; writes and returns the suite report."""
+    workdir = Path(workdir)
+    start = time.perf_counter()
+    unknown = [key for key in config.suite.rows if key not in ROWS]
+    if unknown:
+        raise ValueError(f"config suite.rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
+    main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures)
+    ctx = Context(config, workdir, mesh or mesh_from_config(config), methods=METHODS, keep_originals=True)
+    runner = Runner(ctx)
+    rows, results = {}, {}
+    for key in config.suite.rows:
+        print(f"\n== {key}")
+        rows[key] = build_row(key, runner)
+        if rows[key].status == "ok":
+            results[key] = score_row(runner, rows[key])
+            ctx.forget_method(rows[key].method, keep=("test",))
+    suite = _suite(config, workdir, main, rows, results, runner.timings)
+    suite["total_s"] = sum(runner.timings.values())
+    suite["wall_s_this_call"] = time.perf_counter() - start
+    if jax.process_index() == 0:
+        grid = _methods_grid(ctx, rows) if make_figures else None
+        suite_report.write(workdir, suite, grid)
+    return suite
+
+
+def _suite(config, workdir: Path, main: dict, rows: dict, results: dict, timings: dict) -> dict:
+    r = main["results"]
+    table = {}
+    for key, row in rows.items():
+        numbers = results.get(key) or dict.fromkeys(("plr", "adaptive_plr", "acc", "per_class", "ssim", "psnr",
+                                                     "recovery"))
+        table[key] = {"table": row.table, "label": row.label, **numbers, "status": row.status, "note": row.note}
+    searches = {key: json.loads((workdir / "rows" / key / "search.json").read_text())
+                for key in ("blur1", "blur2") if (workdir / "rows" / key / "search.json").exists()}
+    return {
+        "data": f"{config.data.name} test split", "num_test_clips": r["num_test_clips"],
+        "num_identities": r["num_identities"], "chance_plr": r["chance_plr"], "chance_acc": r["chance_acc"],
+        "expressions": r["expressions"], "rows": table,
+        "components": {**{key: task.components for key, task in ablations.TASKS.items()},
+                       "ppfer": ablations.full_components()},
+        "blur_search": searches, "timings_s": dict(timings),
+    }
+
+
+def _methods_grid(ctx: Context, rows: dict) -> np.ndarray:
+    """The same test clips (of different people) as each method leaves them: one row per clip and method."""
+    test = ctx.source("test")
+    picks, seen = [], set()
+    for index in range(len(test)):
+        if int(test[index]["identity"]) not in seen and len(picks) < ctx.config.evaluate.figure_clips:
+            seen.add(int(test[index]["identity"]))
+            picks.append(index)
+    clips, labels = [], []
+    for index in picks:
+        clips.append(test[index]["video"])
+        labels.append(f"clip {index}: original")
+        for row in rows.values():
+            if row.status == "ok" and row.method is not None:
+                clips.append(ctx.source("test", row.method)[index]["video"])
+                labels.append(f"clip {index}: {row.label}")
+    return frame_grid(clips, row_labels=labels, scale=2)
