@@ -122,7 +122,9 @@ def privacy_utility_scatter(points: Sequence[tuple[str, float, float]], chance_p
     ax = figure.add_subplot()
     for k, (label, plr, acc) in enumerate(points):
         ax.scatter([plr], [acc], s=70, color=f"C{k % 10}", zorder=3, label=label)
-        ax.annotate(label, (plr, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        right = plr > 75  # label on the left of points near the right edge, so it stays inside the axes
+        ax.annotate(label, (plr, acc), textcoords="offset points", xytext=(-6 if right else 6, 4), fontsize=8,
+                    ha="right" if right else "left")
     for label, plr, acc in secondary or ():
         ax.scatter([plr], [acc], s=22, color="0.55", marker="s", zorder=2)
         ax.annotate(label, (plr, acc), textcoords="offset points", xytext=(4, -9), fontsize=7, color="0.4")
@@ -132,12 +134,12 @@ def privacy_utility_scatter(points: Sequence[tuple[str, float, float]], chance_p
     ax.axvline(chance_plr, color="0.3", linestyle="--", linewidth=1)
     ax.axhline(chance_acc, color="0.3", linestyle="--", linewidth=1)
     ax.annotate("chance", (chance_plr, 98), textcoords="offset points", xytext=(3, -2), fontsize=7, color="0.3")
-    ax.annotate("chance", (98, chance_acc), textcoords="offset points", xytext=(-30, 3), fontsize=7, color="0.3")
+    ax.annotate("chance", (50, chance_acc), textcoords="offset points", xytext=(0, 3), fontsize=7, color="0.3")
     ax.annotate("better", xy=(4, 96), xytext=(22, 78), fontsize=8, color="0.3",
                 arrowprops=dict(arrowstyle="->", color="0.3"))
     ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="privacy leakage ratio, PLR (%) ↓",
            ylabel="utility accuracy, ACC (%) ↑", title="Privacy–utility trade-off (Figure 1)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center right")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -61,6 +61,10 @@ class Row:
     note: str = ""
     status: str = "ok"              # anything else: why the row was not run
 
+    def all_stages(self) -> tuple[Stage, ...]:
+        """Its own stages, then the downstream ones, in run order."""
+        return self.stages + tuple(s for s in (self.utility, self.adaptive, self.recovery) if s is not None)
+
 
 class Runner:
     """Runs stages not finished in the workdir (each once), registers them with the context, times them."""
@@ -151,10 +155,12 @@ def _blur_search(key: str, runner: Runner) -> dict:
 
 def score_row(runner: Runner, row: Row) -> dict:
     """Trains what the row is missing and evaluates it on the test split (cached in rows/<key>/results.json)."""
+    for stage in row.all_stages():  # the context can load them, even when the row's results are cached
+        runner.ctx.stages[stage.name] = stage
     path = runner.ctx.workdir / "rows" / row.key / RESULTS_FILE
     if path.exists():
         return json.loads(path.read_text())
-    for stage in row.stages + tuple(s for s in (row.utility, row.adaptive, row.recovery) if s is not None):
+    for stage in row.all_stages():
         runner.run(stage)
     start = time.perf_counter()
     result = evaluation.evaluate_method(runner.ctx, row.method, utility=row.utility.name,

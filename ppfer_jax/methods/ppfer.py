@@ -9,16 +9,20 @@ stages and nothing frozen is ever an argument of ``grad``.
 
 The stages downstream of the whole chain (the utility model and the adaptive
 attacker) instead train on the *anonymised* split: every clip passed once through
-F_fc(merge(F_lpr, F_hpr)) and stored in memory as uint8 video (``ANONYMISED``),
-which is what a deployment hands on. Their models run hundreds of steps per
-epoch, so recomputing the frozen chain in every step would cost more than
-training them.
+F_fc(merge(F_lpr, F_hpr)) and stored in memory as uint8 video (``Context.source``
+with ``anonymised="ppfer"``), which is what a deployment hands on. Their models run
+hundreds of steps per epoch, so recomputing the frozen chain in every step would
+cost more than training them. The baselines and ablations of ``ppfer-jax reproduce``
+(``ppfer_jax/suite.py``) register their own anonymisation methods with the Context and
+reuse these stage builders.
 
 Network names (``NETS``): c_low / c_high (identity controllers on the low / high
 wavelet band), v_pl (leakage validator on frames), c_fc (expression controller on
 frames), f_low / f_high (privacy enhancers, U-Net), f_fc (compensator, U-ViT),
 f_u (utility R3D on clips), attacker (a fresh identity classifier, V_pl's
-architecture, trained on compensated frames: the adaptive attack).
+architecture, trained on compensated frames: the adaptive attack); for the suite,
+f_frame / c_frame (a whole-frame enhancer and its controller), adversary (the
+trade-off baseline's) and recovery (the threat model's U-Net).
 """
 
 from __future__ import annotations
