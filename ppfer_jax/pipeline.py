@@ -123,7 +123,8 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         save_timings(workdir, timings)
         if jax.process_index() == 0:
             write_json_atomically(results_path, results)
-    full = report.build(results, json.loads((workdir / CONFIG_FILE).read_text()), timings)
+    own = {name: seconds for name, seconds in timings.items() if name in STAGE_NAMES}  # not `reproduce`'s rows
+    full = report.build(results, json.loads((workdir / CONFIG_FILE).read_text()), own)
     if jax.process_index() == 0:
         figure = evaluation.figure_rows(ctx, config.evaluate.figure_clips) if make_figure else None
         report.write(workdir, full, figure)
