@@ -11,6 +11,9 @@
   frames *is* V_pl, so its adaptive PLR equals its PLR.
 * SSIM / PSNR between original and compensated (and privacy-preserved G) test
   frames, all frames, images clipped to [0, 1].
+
+``evaluate_method`` scores one row of ``ppfer-jax reproduce`` (a baseline or an ablation) the same way on
+that method's anonymised test clips, plus its recovery attacker's reconstructions (Table 3).
 """
 
 from __future__ import annotations
@@ -131,13 +134,7 @@ def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive:
                                                               mask)
         return out
 
-    source = ctx.source("test", method, with_originals=True) if method else ctx.source("test")
-    jitted = jax.jit(counts)
-    sums = None
-    for batch in iterate_once(source, ctx.eval_batch_size):
-        out = jitted(variables, global_batch(batch, ctx.mesh))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    r = {name: metrics.ratio(v["correct"], v["total"]) for name, v in jax.device_get(sums).items()}
+    r = ctx.evaluator(counts, "test", method, originals=method is not None)(variables)
     number = lambda key: float(r[key]) if key in r else None  # noqa: E731
     return {
         "plr": number("plr"),
