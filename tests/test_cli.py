@@ -22,3 +22,12 @@ def test_unknown_config_key_stops_with_the_key_named(tmp_path, capsys):
     assert code == 2
     assert "unknown config key 'data.imag_size'" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_reproduce_names_an_unknown_row_before_training_anything(tmp_path, capsys):
+    code = main(["reproduce", "--config", "configs/synthetic.py:tiny", "--workdir", str(tmp_path / "w"),
+                 "--rows", "blur1, optical_flw"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown rows ['optical_flw']" in err and "optical_flow" in err
+    assert not (tmp_path / "w").exists()
