@@ -247,7 +247,7 @@ def prepare(manual_dir: str | Path, data_dir: str | Path, *, image_size: int = 1
     """
     find_videos(manual_dir)  # layout errors before TFDS starts
     data_dir = Path(data_dir).expanduser()
-    builder = Cremad(config=config_for(image_size, num_frames=num_frames, crop=crop, test_clips=test_clips,
-                                       split_seed=split_seed),
-                     data_dir=str(data_dir), max_bad_fraction=max_bad_fraction, workers=workers, progress=progress)
+    config = config_for(image_size, num_frames=num_frames, crop=crop, test_clips=test_clips, split_seed=split_seed)
+    builder = Cremad(config=video.registered_or_custom(Cremad, config), data_dir=str(data_dir),
+                     max_bad_fraction=max_bad_fraction, workers=workers, progress=progress)
     return video.run_builder(builder, Path(manual_dir).expanduser(), data_dir / "downloads", keep_cache=keep_cache)

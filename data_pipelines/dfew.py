@@ -229,6 +229,6 @@ def prepare(manual_dir: str | Path, data_dir: str | Path, *, fold: int = 1, imag
     data_dir = Path(data_dir).expanduser()
     config = config_for(fold, image_size, num_frames=num_frames, one_random_frame=one_random_frame, crop=crop,
                         seed=seed)
-    builder = Dfew(config=config, data_dir=str(data_dir), clip_dir=clip_dir, max_bad_fraction=max_bad_fraction,
-                   workers=workers, progress=progress)
+    builder = Dfew(config=video.registered_or_custom(Dfew, config), data_dir=str(data_dir), clip_dir=clip_dir,
+                   max_bad_fraction=max_bad_fraction, workers=workers, progress=progress)
     return video.run_builder(builder, manual_dir, data_dir / "downloads", keep_cache=keep_cache)

@@ -298,6 +298,18 @@ def clip_cache_dir(download_dir: str | Path, dataset: str, spec: ClipSpec) -> Pa
     return Path(download_dir).expanduser() / "ppfer_clips" / f"{dataset}-{spec.tag()}"
 
 
+def registered_or_custom(builder_class, config):
+    """What to pass as ``config=``: a registered config's name when ``config`` is one of ``BUILDER_CONFIGS``
+    (TFDS refuses a new object named like a registered config), otherwise the custom config itself."""
+    registered = {c.name: c for c in builder_class.BUILDER_CONFIGS}.get(config.name)
+    if registered is None:
+        return config
+    if registered != config:  # a config_for bug: its name no longer says all its options
+        raise ValueError(f"{builder_class.__name__} config {config.name!r}: the requested options {config} differ "
+                         f"from the registered config of that name {registered}")
+    return config.name
+
+
 def run_builder(builder, manual_dir: Path, download_dir: Path, *, keep_cache: bool) -> dict:
     """Prepares a builder of this package (resuming, or a no-op when done) and returns its summary.
 

@@ -5,12 +5,19 @@ encodes the frame's index, so the 16-frame sampling rule (here 4) can be read ba
 """
 
 import collections
+import contextlib
+import dataclasses
+import io
 import itertools
+import os
 import pickle
+import shlex
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from data_pipelines import cremad, dfew, synthetic, video
@@ -427,3 +434,164 @@ def test_run_trains_and_evaluates_on_prepared_cremad_with_dfew_frames(prepared_r
     for row in results["table1"].values():
         assert all(0.0 <= v <= 1.0 for v in row.values())
     assert (tmp_path / "report.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The README's real-data commands as a user runs them: default options, so the registered TFDS configs
+# (cremad/112, dfew/fold1-112-frame) and CREMA-D's 2,232-clip test split
+
+
+USER_ACTORS = range(1001, 1009)  # 8 actors x 12 sentences x 6 emotions x 4 levels = 2,304 clips > 2,232
+USER_SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
+USER_CORRUPT = "1009_DFA_ANG_XX.flv"
+
+
+def readme_commands() -> dict[str, list[str]]:
+    """The commands of the README's "Real data" block, tokenised as a shell would, keyed 'prepare cremad',
+    'prepare dfew' and 'run'."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("\n## Real data\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    keyed = {" ".join(c[1:3]) if c[1] == "prepare" else c[1]: c for c in commands}
+    assert set(keyed) == {"prepare cremad", "prepare dfew", "run"} and all(c[0] == "ppfer-jax" for c in commands)
+    return keyed
+
+
+def as_typed(command: list[str]) -> list[str]:
+    """The arguments ``ppfer-jax`` receives from a shell: ``~`` expanded (to the fake $HOME)."""
+    return [os.path.expanduser(arg) if arg.startswith("~") else arg for arg in command[1:]]
+
+
+def write_tiny_flv(path, num_frames=4, side=16):
+    """A real FLV of ``num_frames`` flat frames, frame i at grey(i): cheap enough for thousands of files."""
+    with av.open(str(path), "w") as output:
+        stream = output.add_stream("flv", rate=30)
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((side, side, 3), grey(i), np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                output.mux(packet)
+        for packet in stream.encode():
+            output.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def user_home(tmp_path_factory):
+    """A fake $HOME holding ~/CREMA-D/VideoFlash (2,305 tiny FLVs, one corrupt) and ~/DFEW (21 clips), after
+    the README's two `prepare` commands ran there exactly as written; returns (home, their stdout)."""
+    home = tmp_path_factory.mktemp("home")
+    videos = home / "CREMA-D" / cremad.VIDEO_DIR
+    videos.mkdir(parents=True)
+    for names in itertools.product(USER_ACTORS, USER_SENTENCES, cremad.EMOTION_CODES, cremad.LEVELS):
+        write_tiny_flv(videos / ("_".join(map(str, names)) + ".flv"))
+    (videos / USER_CORRUPT).write_bytes(b"FLV\x01" + bytes(300))
+    for name in itertools.chain(DFEW_TRAIN, DFEW_TEST):
+        frames = home / "DFEW" / dfew.CLIP_DIR / name.zfill(5)
+        frames.mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((40, 40, 3), grey(i), np.uint8)).save(frames / f"{i + 1}.jpg")
+    write_labels(home / "DFEW" / dfew.LABEL_DIR / "train(single-labeled)" / "set_1.csv", DFEW_TRAIN)
+    write_labels(home / "DFEW" / dfew.LABEL_DIR / "test(single-labeled)" / "set_1.csv", DFEW_TEST)
+    commands = readme_commands()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setenv("HOME", str(home))
+        patch.chdir(home)
+        for name in ("prepare cremad", "prepare dfew"):
+            assert main(as_typed(commands[name])) == 0, name
+    return home, out.getvalue()
+
+
+def test_readme_prepare_cremad_builds_the_registered_112_set_with_the_papers_split(user_home):
+    home, out = user_home
+    data_dir = home / "tensorflow_datasets"
+    assert "cremad (112): prepared at" in out and "test: 2232 clips" in out and "train: 72 clips" in out
+    assert out.count("8 actors, ") == 2  # every actor in both splits
+    assert f"{USER_CORRUPT}: unreadable video" in out and "skipped 1 of 2305 listed files" in out
+    builder = tfds.builder("cremad/112", data_dir=data_dir)  # the ordinary TFDS way
+    assert isinstance(builder, cremad.Cremad) and builder.builder_config.test_clips == cremad.PAPER_TEST_CLIPS
+    assert {s: builder.info.splits[s].num_examples for s in ("train", "test")} == {"train": 72, "test": 2232}
+    test = tfds.data_source("cremad/112", data_dir=data_dir, split="test")
+    example = test[0]
+    assert example["video"].shape == (16, 112, 112, 3) and example["video"].dtype == np.uint8
+    # 4-frame videos: the 16 kept frames are 0, 1, 2, 3 and then the last repeated
+    np.testing.assert_allclose(clip_greys(example["video"]), [grey(min(i, 3)) for i in range(16)], atol=8)
+    names = {test[i]["name"].decode()[:4] for i in range(0, 2232, 97)}
+    assert names <= {str(a) for a in USER_ACTORS}
+
+
+def test_readme_prepare_dfew_builds_the_registered_one_frame_set(user_home):
+    home, out = user_home
+    assert "dfew (fold1-112-frame): prepared at" in out and "train: 14 clips" in out
+    builder = tfds.builder("dfew/fold1-112-frame", data_dir=home / "tensorflow_datasets")
+    assert isinstance(builder, dfew.Dfew) and builder.builder_config.clip.one_random_frame
+    source = builder.as_data_source(split="train")
+    assert len(source) == 14 and source[0]["video"].shape == (1, 112, 112, 3)
+
+
+def test_readme_run_reads_every_split_of_the_prepared_sets_at_their_default_names(user_home, monkeypatch):
+    """The README's `run` command as written, down to the stages: the pipeline itself is stubbed out (a
+    full run at 2,232 test clips takes many minutes on a CPU; the tests above and benchmarks/RESULTS.md's
+    rehearsal train on prepared sets), so what is checked is that configs/cremad.py finds the sets that the
+    two `prepare` commands built, with their default names, in their default data_dir."""
+    from data_pipelines import sources
+    from ppfer_jax import pipeline, report
+
+    home, _ = user_home
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    read = {}
+
+    def read_every_split(config, workdir, rerun=None):
+        read.update({split: sources.load_split(config, split) for split in sources.SPLITS})
+        read["workdir"] = workdir
+        return {}
+
+    monkeypatch.setattr(pipeline, "run", read_every_split)
+    monkeypatch.setattr(report, "tables", lambda result: "")
+    assert main(as_typed(readme_commands()["run"])) == 0
+    assert read.pop("workdir") == Path("runs/cremad")
+    assert {split: len(source) for split, source in read.items()} == {"train": 68, "val": 4, "test": 2232,
+                                                                     "wild": 12}  # DFEW less 2 surprise
+    for split, source in read.items():
+        frames = 1 if split == "wild" else 16
+        assert source[0]["video"].shape == (frames, 112, 112, 3), split
+
+
+def test_prepare_dfew_at_224_px_builds_the_registered_16_frame_set(user_home, tmp_path, capsys):
+    assert main(["prepare", "dfew", "--manual_dir", str(user_home[0] / "DFEW"), "--data_dir", str(tmp_path),
+                 "--fold", "1", "--image_size", "224"]) == 0
+    assert "dfew (fold1-224): prepared at" in capsys.readouterr().out
+    source = tfds.data_source("dfew/fold1-224", data_dir=tmp_path, split="test")
+    assert len(source) == 7 and source[0]["video"].shape == (16, 224, 224, 3)
+
+
+def test_every_registered_config_gets_past_tfds_to_the_files(tmp_path):
+    """TFDS refuses a new config object named like a registered one; with every registered config's options,
+    `prepare` must reach the files (here all bad, so it stops there, naming them)."""
+    crema = tmp_path / "crema"
+    crema.mkdir()
+    (crema / USER_CORRUPT).write_bytes(b"not a video")
+    for config in cremad.Cremad.BUILDER_CONFIGS:
+        with pytest.raises(ValueError, match=f"1 of 1 files .*{USER_CORRUPT}"):
+            cremad.prepare(crema, tmp_path / "data", image_size=config.clip.image_size, progress=False)
+    empty = tmp_path / "dfew"
+    for fold in dfew.FOLDS:
+        for split, file in dfew.SPLIT_FILES.items():
+            write_labels(empty / dfew.LABEL_DIR / file.format(fold=fold), {str(fold + (split == "test")): 1})
+    (empty / dfew.CLIP_DIR).mkdir(parents=True)
+    for config in dfew.Dfew.BUILDER_CONFIGS:
+        with pytest.raises(ValueError, match="2 of 2 files .*neither a frame directory nor a video"):
+            dfew.prepare(empty, tmp_path / "data", fold=config.fold, image_size=config.clip.image_size,
+                         one_random_frame=config.clip.one_random_frame, progress=False)
+
+
+def test_registered_or_custom_names_a_registered_config_and_keeps_a_custom_one():
+    assert video.registered_or_custom(cremad.Cremad, cremad.config_for(224)) == "224"
+    custom = cremad.config_for(112, test_clips=12)
+    assert video.registered_or_custom(cremad.Cremad, custom) is custom and custom.name == "112-test12"
+    assert video.registered_or_custom(dfew.Dfew, dfew.config_for(3, one_random_frame=True)) == "fold3-112-frame"
+    clash = dataclasses.replace(cremad.config_for(112), test_clips=12)  # options its name does not say
+    with pytest.raises(ValueError, match="config '112': the requested options .* differ from the registered"):
+        video.registered_or_custom(cremad.Cremad, clash)
