@@ -68,7 +68,7 @@ def bench_stage(ctx, stage, *, steps: int, compile_only: bool) -> dict:
     config = ctx.config
     section = config.train[stage.train_key]
     sharding = ctx.state_sharding(stage)
-    tx = ppfer.optimizer_for(config, section)
+    tx = ppfer.stage_optimizer(config, stage)
     step = compile_step(stage.step(ctx.nets, config, tx), ctx.mesh, sharding)
     batch = global_batch(fake_batch(config, stage, section.batch_size), ctx.mesh)
     key = jax.random.key(0, impl=config.rng_impl)
@@ -105,11 +105,11 @@ def run(args) -> dict:
     import jax
 
     from ppfer_jax.config import load_config
-    from ppfer_jax.methods import ppfer
+    from ppfer_jax.methods import ppfer, registry
     from ppfer_jax.parallel import mesh_from_config
 
     config = load_config(args.config, args.override)
-    names = args.stages or [stage.name for stage in ppfer.STAGES]
+    names = args.stages or [stage.name for stage in registry.STAGES]
     peak = args.peak_tflops
     if peak is None and not args.compile_only:
         size = 4096 if jax.default_backend() != "cpu" else 1024
@@ -118,7 +118,7 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         ctx = ppfer.Context(config, workdir, mesh_from_config(config))
         for name in names:
-            row = bench_stage(ctx, ppfer.STAGE_BY_NAME[name], steps=args.steps, compile_only=args.compile_only)
+            row = bench_stage(ctx, registry.STAGE_BY_NAME[name], steps=args.steps, compile_only=args.compile_only)
             if peak and "tflops" in row:
                 row["mfu"] = row["tflops"] / (peak * jax.device_count())  # the peak is per device
             rows.append(row)

@@ -13,6 +13,22 @@ def stage(steps: int, batch_size: int, learning_rate: float, eval_every: int | N
                                           eval_every=eval_every, schedule=schedule))
 
 
+def robust_privacy(*, adversaries: int, restart_every: int, copies: str,
+                   adversary_frames: int = 2) -> ml_collections.ConfigDict:
+    """``privacy.robust``: how ``ppfer_robust`` trains its enhancers (``ppfer_jax/methods/robust.py``).
+
+    ``objective``: the bounded privacy loss ('kl_uniform' or 'entropy'), worst case over ``adversaries``
+    co-trained identity classifiers per band (and the frozen band controller, ``with_controllers``); one
+    adversary restarts from fresh weights every ``restart_every`` steps, round-robin; the adversaries see
+    ``adversary_frames`` random frames of each clip per step; ``copies`` applies the stacked copies with 'vmap'
+    (accelerators) or a 'loop' (faster on CPU). ``expression_weight``: the frozen C_fc's CE on G;
+    ``fidelity_weight``: L1 of G to the original frames.
+    """
+    return ml_collections.ConfigDict(dict(objective="kl_uniform", adversaries=adversaries,
+                                          restart_every=restart_every, copies=copies, adversary_frames=adversary_frames,
+                                          with_controllers=True, expression_weight=1.0, fidelity_weight=1.0))
+
+
 def parallelism(fsdp: int = 1) -> dict[str, ml_collections.ConfigDict]:
     """Mesh, parameter-sharding rules and multi-host start (``ppfer_jax/parallel.py``).
 
@@ -55,7 +71,7 @@ def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: fl
             swap=dict(outside_identity=0, directory=None),
         )),
         suite=ml_collections.ConfigDict(dict(
-            rows=["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "ppfer",
+            rows=["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "ppfer", "ppfer_robust",
                   "task1", "task2", "task3", "task4", "task5", "task6"],
             ablation_attacks=False,
         )),

@@ -7,7 +7,7 @@ download (``ppfer-jax prepare cremad``); nothing is fetched from the network.
 
 import ml_collections
 
-from configs.common import evaluation_suite, parallelism, stage
+from configs.common import evaluation_suite, parallelism, robust_privacy, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -64,7 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.rng_impl = "threefry2x32"  # PRNG of every key (the synthetic CPU config uses 'rbg' for compile speed)
     c.update(parallelism(fsdp=1))  # --config.mesh.fsdp=N splits params and optimizer state over N devices
     c.privacy = ml_collections.ConfigDict()
-    c.privacy.objective = "neg_ce"  # the paper's; measured best on the synthetic default (configs/synthetic.py)
+    c.privacy.objective = "neg_ce"  # the paper's
+    c.privacy.selection_target = 2.0  # s1's checkpoint: see configs/synthetic.py
+    c.privacy.robust = robust_privacy(adversaries=4, restart_every=500, copies="vmap")
     c.compensation = ml_collections.ConfigDict()
     c.compensation.residual = True  # F_fc = G + U-ViT(G), zero-init output (paper: ImageNet U-ViT-H/2 weights)
     c.evaluate = ml_collections.ConfigDict()
@@ -89,6 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.utility = stage(10000, 16, 1e-3, schedule="cosine")
     t.no_privacy = stage(10000, 16, 1e-3, schedule="cosine")
     t.adaptive_attack = stage(5000, 64, 1e-3)
+    t.clip_attack = stage(5000, 16, 1e-3, schedule="cosine")
+    t.robust_privacy = stage(5000, 8, 1e-4, eval_every=500)
     # `ppfer-jax reproduce` (configs/common.py evaluation_suite): sigma in px at 112 px frames.
     c.update(evaluation_suite(sigma_range=(0.0, 48.0), flow_max_magnitude=4.0))
     t.pretrain_frame_controller = stage(5000, 64, 1e-3)

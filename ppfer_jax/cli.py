@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--with-utility", action="store_true",
                         help="include the utility model F_u, for `anonymize --predictions`")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
+    export.add_argument("--method", choices=("ppfer", "ppfer_robust"), default=None,
+                        help="which method row's anonymiser (default: the one whose privacy holds best against the "
+                             "run's fresh attackers)")
     anonymize = command("anonymize", _anonymize, "anonymise videos with an exported bundle into mp4s of "
                         "privacy-preserved, feature-compensated frames (the --config is not used)")
     anonymize.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
@@ -266,7 +269,8 @@ def _export(config, args) -> int:
     from ppfer_jax import export
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-restore read-only notices
-    out = export.export(args.workdir, args.out, with_utility=args.with_utility, overwrite=args.overwrite)
+    out = export.export(args.workdir, args.out, with_utility=args.with_utility, overwrite=args.overwrite,
+                        method=args.method)
     print(export.format_summary(export.load_bundle(out)))
     return 0
 

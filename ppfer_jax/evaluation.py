@@ -1,16 +1,19 @@
 """The ``evaluate`` stage: Table 1 / Table 2 numbers on the test split through the whole chain.
 
-* ACC / per-class ACC: F_u on anonymised (compensated, uint8) test clips (PPFER row) and F_u trained
-  on raw clips, on raw test clips (No-privacy row).
-* PLR: the frozen V_pl on ONE frame per test clip (the fixed ``eval_frame`` drawn
-  from the config seed), compensated (PPFER) or raw (No privacy). Chance is
-  1 / number of identities.
-* adaptive PLR: a fresh identity classifier (V_pl's architecture) trained on
-  compensated training frames (stage ``attack/adaptive``), on the same test
-  frames. For the No-privacy row the fresh classifier trained on raw training
-  frames *is* V_pl, so its adaptive PLR equals its PLR.
-* SSIM / PSNR between original and compensated (and privacy-preserved G) test
-  frames, all frames, images clipped to [0, 1].
+Rows: No privacy (raw clips), ``ppfer`` (the paper's Algorithm 1) and ``ppfer_robust`` (``methods/robust.py``).
+Every privacy number names its attacker:
+
+* PLR: the frozen V_pl on ONE frame per test clip (the fixed ``eval_frame`` drawn from the config seed),
+  compensated or raw. Chance is 1 / number of identities.
+* permuted PLR (the relabelling check, no training): V_pl's confusion matrix scored under the best one-to-one
+  relabelling. A PLR at chance with a high permuted PLR means the enhancers relabel people, not hide them.
+* adaptive PLR: a fresh identity classifier (V_pl's architecture) trained on the row's anonymised training
+  frames, on the same test frames. For No privacy the fresh classifier on raw frames *is* V_pl.
+* adaptive clip PLR: a fresh clip classifier (F_u's R3D) trained on identity from the row's anonymised
+  training clips, on whole test clips.
+* ACC / per-class ACC: F_u trained on the row's (anonymised, uint8) training clips, on its test clips.
+* SSIM / PSNR between original and compensated (C) and privacy-preserved (G) test frames, all frames,
+  images clipped to [0, 1].
 
 ``evaluate_method`` scores one row of ``ppfer-jax reproduce`` (a baseline or an ablation) the same way on
 that method's anonymised test clips, plus its recovery attacker's reconstructions (Table 3).
@@ -26,6 +29,7 @@ from data_pipelines.loader import iterate_once
 from ppfer_jax import metrics, wavelets
 from ppfer_jax.attacks import recover
 from ppfer_jax.methods.ppfer import Context, compensated_clips, pick_frames, to_float, to_uint8
+from ppfer_jax.methods.registry import ANONYMISER_STAGES, METHOD_ROWS
 from ppfer_jax.parallel import global_batch
 from ppfer_jax.training import read_summary
 
@@ -33,32 +37,42 @@ from ppfer_jax.training import read_summary
 def evaluate(ctx: Context) -> dict:
     """All numbers of the report, as plain Python floats/lists."""
     nets, config = ctx.nets, ctx.config
-    num_expr = config.data.num_expressions
-    variables = {
-        "v_pl": ctx.network("v_pl"), "f_low": ctx.network("f_low"), "f_high": ctx.network("f_high"),
-        "f_fc": ctx.network("f_fc"), "attacker": ctx.network("attacker"),
-        "f_u_private": ctx.network("f_u", "s3/utility"), "f_u_raw": ctx.network("f_u", "no_privacy"),
-    }
+    num_expr, num_ids = config.data.num_expressions, config.data.num_identities
+    variables = {"v_pl": ctx.network("v_pl"), "f_u": ctx.network("f_u", "no_privacy"),
+                 "clip_attacker": ctx.network("clip_attacker", "attack/clip_raw")}
+    for method, stages in METHOD_ROWS.items():
+        variables[method] = {
+            **{n: ctx.network(n, stage) for n, stage in ANONYMISER_STAGES[method].items()},
+            "f_u": ctx.network("f_u", stages["utility"]), "attacker": ctx.network("attacker", stages["adaptive"]),
+            "clip_attacker": ctx.network("clip_attacker", stages["clip"])}
+
+    def row_counts(v, clips, pick, batch) -> dict:
+        """One row's counts on its (anonymised) test clips: PLR with its confusion, attackers, ACC."""
+        ids, exprs, mask = batch["identity"], batch["expression"], batch["mask"]
+        validator = nets.apply("v_pl", v["v_pl"], pick(clips))
+        utility = nets.apply("f_u", v["f_u"], clips)
+        return {"plr": metrics.correct_counts(validator, ids, mask),
+                "confusion": metrics.confusion_counts(validator, ids, num_ids, mask),
+                "adaptive_plr_clip": metrics.correct_counts(nets.apply("clip_attacker", v["clip_attacker"], clips),
+                                                            ids, mask),
+                "acc": metrics.correct_counts(utility, exprs, mask),
+                "per_class": metrics.per_class_counts(jnp.argmax(utility, -1), exprs, num_expr, mask)}
 
     def counts(v, batch):
-        video, mask = batch["video"], batch["mask"]
-        frames = to_float(video)
-        g = nets.privatize(v, frames)
-        c = to_float(to_uint8(nets.compensate(v["f_fc"], g)))  # the anonymised video, as stored
+        frames = to_float(batch["video"])
         pick = lambda x: pick_frames(x, batch["eval_frame"])  # noqa: E731
-        ids, exprs = batch["identity"], batch["expression"]
-        out = {
-            "plr_ppfer": metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(c)), ids, mask),
-            "plr_g": metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(g)), ids, mask),
-            "plr_raw": metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(frames)), ids, mask),
-            "adaptive_plr_ppfer": metrics.correct_counts(nets.apply("attacker", v["attacker"], pick(c)), ids, mask),
-        }
-        for row, clips, net in (("ppfer", c, "f_u_private"), ("raw", frames, "f_u_raw")):
-            logits = nets.apply("f_u", v[net], clips)
-            out[f"acc_{row}"] = metrics.correct_counts(logits, exprs, mask)
-            out[f"per_class_{row}"] = metrics.per_class_counts(jnp.argmax(logits, -1), exprs, num_expr, mask)
-        for name, other in (("c", c), ("g", g)):
-            out.update(_similarity_counts(name, frames, other, mask))
+        out = {"no_privacy": row_counts(v, frames, pick, batch)}
+        for method in METHOD_ROWS:
+            mv = {**v[method], "v_pl": v["v_pl"]}
+            g = nets.privatize(mv, frames)
+            c = to_float(to_uint8(nets.compensate(mv["f_fc"], g)))  # the anonymised video, as stored
+            out[method] = {**row_counts(mv, c, pick, batch),
+                           "adaptive_plr": metrics.correct_counts(nets.apply("attacker", mv["attacker"], pick(c)),
+                                                                  batch["identity"], batch["mask"]),
+                           "plr_g": metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(g)),
+                                                           batch["identity"], batch["mask"]),
+                           **_similarity_counts("c", frames, c, batch["mask"]),
+                           **_similarity_counts("g", frames, g, batch["mask"])}
         return out
 
     jitted = jax.jit(counts)
@@ -67,50 +81,78 @@ def evaluate(ctx: Context) -> dict:
         out = jitted(variables, global_batch(batch, ctx.mesh))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    r = {name: metrics.ratio(v["correct"], v["total"]) for name, v in sums.items()}
+    r = {row: {name: (np.asarray(v) if name == "confusion" else metrics.ratio(v["correct"], v["total"]))
+               for name, v in row_sums.items()} for row, row_sums in sums.items()}
+
+    def table1(row: str) -> dict:
+        numbers = r[row]
+        return {"plr": numbers["plr"], "plr_permuted": metrics.permuted_accuracy(numbers["confusion"]),
+                # on raw clips the frame attacker trained afresh on raw frames is V_pl itself
+                "adaptive_plr": numbers.get("adaptive_plr", numbers["plr"]),
+                "adaptive_plr_clip": numbers["adaptive_plr_clip"], "acc": numbers["acc"]}
 
     identity = read_summary(ctx.workdir, "pretrain/identity")["eval"]
     privacy = read_summary(ctx.workdir, "s1/privacy")
-    compensation = read_summary(ctx.workdir, "s2/compensation")["eval"]
+    robust = read_summary(ctx.workdir, "robust/privacy")
     expression = read_summary(ctx.workdir, "pretrain/expression")["eval"]
-    chance = 1.0 / config.data.num_identities
+    rows = ("no_privacy",) + tuple(METHOD_ROWS)
     return {
-        "num_test_clips": int(round(float(sums["acc_raw"]["total"]))),
-        "num_identities": config.data.num_identities,
-        "chance_plr": chance,
+        "data": f"{config.data.name} test split",
+        "num_test_clips": int(round(float(sums["no_privacy"]["acc"]["total"]))),
+        "num_identities": num_ids,
+        "chance_plr": 1.0 / num_ids,
         "chance_acc": 1.0 / num_expr,
         "expressions": list(_expression_names(config)),
-        "table1": {
-            "no_privacy": {"plr": r["plr_raw"], "adaptive_plr": r["plr_raw"], "acc": r["acc_raw"]},
-            "ppfer": {"plr": r["plr_ppfer"], "adaptive_plr": r["adaptive_plr_ppfer"], "acc": r["acc_ppfer"]},
-        },
-        "table2": {"no_privacy": [float(x) for x in r["per_class_raw"]],
-                   "ppfer": [float(x) for x in r["per_class_ppfer"]]},
-        "plr_before_compensation": r["plr_g"],
+        "attackers": attacker_budgets(config),
+        "table1": {row: table1(row) for row in rows},
+        "table2": {row: [float(x) for x in r[row]["per_class"]] for row in rows},
+        "fidelity": {m: {"ssim": r[m]["ssim_c"], "psnr": r[m]["psnr_c"], "ssim_g": r[m]["ssim_g"],
+                         "psnr_g": r[m]["psnr_g"]} for m in METHOD_ROWS},
+        "plr_before_compensation": {m: r[m]["plr_g"] for m in METHOD_ROWS},
         "controllers_clean_accuracy": {"C_lpr (low band)": identity["c_low_acc"],
                                        "C_hpr (high band)": identity["c_high_acc"],
-                                       "V_pl (frames)": identity["v_pl_acc"]},
+                                       "V_pl (frames)": identity["v_pl_acc"],
+                                       "V_sel (frames; chooses s1's checkpoint)": identity["v_sel_acc"]},
         "controllers_after_privacy": {"C_lpr on F_lpr(low)": privacy["best"]["metrics"]["c_low_acc"],
                                       "C_hpr on F_hpr(high)": privacy["best"]["metrics"]["c_high_acc"],
+                                      "V_sel on G": privacy["best"]["metrics"]["v_sel_acc"],
+                                      "SSIM of G": privacy["best"]["metrics"]["ssim_g"],
                                       "selected_step": privacy["best"]["step"]},
+        "robust_selection": {"selected_step": robust["best"]["step"],
+                             "held-out ridge attacker on G (val)": robust["best"]["metrics"]["held_out_attacker_acc"],
+                             "C_fc on G (val)": robust["best"]["metrics"]["c_fc_acc_on_g"]},
         "expression_controller": {"C_fc on clean val frames": expression["c_fc_acc_val_frames"],
-                                  "C_fc on G": compensation["c_fc_acc_on_g"],
-                                  "C_fc on C": compensation["c_fc_acc_on_c"]},
-        "ssim": {"original_vs_C": r["ssim_c"], "original_vs_G": r["ssim_g"]},
-        "psnr_db": {"original_vs_C": r["psnr_c"], "original_vs_G": r["psnr_g"]},
+                                  **{f"C_fc on {kind} ({m}, val)": read_summary(ctx.workdir, stage)["eval"][key]
+                                     for m, stage in (("ppfer", "s2/compensation"),
+                                                      ("ppfer_robust", "robust/compensation"))
+                                     for kind, key in (("G", "c_fc_acc_on_g"), ("C", "c_fc_acc_on_c"))}},
     }
 
 
+def attacker_budgets(config) -> dict:
+    """What each attacker of the report is and how long it trains: the same for every row."""
+    t, m = config.train, config.model
+    return {"frozen validator V_pl": f"{m.validator['name']} on one clean frame per clip, frozen",
+            "adaptive frame attacker": f"fresh {m.validator['name']} on one random anonymised training frame per "
+                                       f"clip, {t.adaptive_attack.steps} steps of {t.adaptive_attack.batch_size}",
+            "adaptive clip attacker": f"fresh {m.utility['name']} on whole anonymised training clips, "
+                                      f"{t.clip_attack.steps} steps of {t.clip_attack.batch_size}",
+            "relabelling check": "V_pl's confusion under the best one-to-one relabelling (Hungarian)"}
+
+
 def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive: str | None = None,
-                    recovery: str | None = None) -> dict:
+                    clip: str | None = None, recovery: str | None = None) -> dict:
     """One row of Tables 1-4 on the test split: a method's anonymised test clips (``method``; None: the raw
-    clips) scored by the frozen V_pl (PLR), the attacker of stage ``adaptive`` (adaptive PLR), the F_u of stage
-    ``utility`` (ACC, per class), their SSIM / PSNR to the originals, and, with a ``recovery`` stage, the
-    recovery attacker's reconstructions (Table 3: SSIM, PSNR, V_pl's PLR on them)."""
+    clips) scored by the frozen V_pl (PLR, and permuted PLR: the relabelling check), the frame attacker of stage
+    ``adaptive`` and the clip attacker of stage ``clip`` (adaptive PLRs), the F_u of stage ``utility`` (ACC, per
+    class), their SSIM / PSNR to the originals, and, with a ``recovery`` stage, the recovery attacker's
+    reconstructions (Table 3: SSIM, PSNR, V_pl's PLR on them)."""
     nets, config = ctx.nets, ctx.config
     variables = {"v_pl": ctx.network("v_pl"), "f_u": ctx.network("f_u", utility)}
     if adaptive:
         variables["attacker"] = ctx.network("attacker", adaptive)
+    if clip:
+        variables["clip_attacker"] = ctx.network("clip_attacker", clip)
     if recovery:
         variables["recovery"] = ctx.network("recovery", recovery)
 
@@ -118,12 +160,17 @@ def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive:
         video, mask, ids, exprs = to_float(batch["video"]), batch["mask"], batch["identity"], batch["expression"]
         pick = lambda x: pick_frames(x, batch["eval_frame"])  # noqa: E731
         logits = nets.apply("f_u", v["f_u"], video)
-        out = {"plr": metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(video)), ids, mask),
+        validator = nets.apply("v_pl", v["v_pl"], pick(video))
+        out = {"plr": metrics.correct_counts(validator, ids, mask),
+               "confusion": metrics.confusion_counts(validator, ids, config.data.num_identities, mask),
                "acc": metrics.correct_counts(logits, exprs, mask),
                "per_class": metrics.per_class_counts(jnp.argmax(logits, -1), exprs, config.data.num_expressions,
                                                      mask)}
         if "attacker" in v:
             out["adaptive_plr"] = metrics.correct_counts(nets.apply("attacker", v["attacker"], pick(video)), ids, mask)
+        if "clip_attacker" in v:
+            out["adaptive_plr_clip"] = metrics.correct_counts(nets.apply("clip_attacker", v["clip_attacker"], video),
+                                                              ids, mask)
         if "original" in batch:
             original = to_float(batch["original"])
             out.update(_similarity_counts("anonymised", original, video, mask))
@@ -138,7 +185,9 @@ def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive:
     number = lambda key: float(r[key]) if key in r else None  # noqa: E731
     return {
         "plr": number("plr"),
+        "plr_permuted": metrics.permuted_accuracy(r["confusion"]),
         "adaptive_plr": number("adaptive_plr") if adaptive else (number("plr") if method is None else None),
+        "adaptive_plr_clip": number("adaptive_plr_clip"),
         "acc": number("acc"),
         "per_class": [float(x) for x in r["per_class"]],
         "ssim": number("ssim_anonymised"), "psnr": number("psnr_anonymised"),
@@ -155,7 +204,8 @@ def _similarity_counts(name: str, original: jax.Array, other: jax.Array, mask: j
 
 
 def figure_rows(ctx: Context, num_clips: int) -> tuple[list[np.ndarray], list[str]]:
-    """For the first test clips of different people: original, low band, |high band|, G, C (float, [0, 1])."""
+    """For the first test clips of different people: original, low band, |high band|, then G and C of each method
+    row (float, [0, 1])."""
     source = ctx.source("test")
     indices, seen = [], set()
     for index in range(len(source)):
@@ -166,20 +216,21 @@ def figure_rows(ctx: Context, num_clips: int) -> tuple[list[np.ndarray], list[st
         if len(indices) == num_clips:
             break
     video = jnp.asarray(np.stack([source[i]["video"] for i in indices]))
-    variables = {n: ctx.network(n) for n in ("f_low", "f_high", "f_fc")}
     nets = ctx.nets
     frames = to_float(video)
     low, high = nets.split(frames.reshape((-1,) + frames.shape[2:]))
-    c = compensated_clips(nets, variables, video)
-    g = nets.privatize(variables, frames)
     shape = frames.shape
     full = lambda band: jnp.repeat(jnp.repeat(band, 2, axis=-3), 2, axis=-2).reshape(shape)  # noqa: E731
     detail = sum(jnp.abs(b) for b in jnp.split(high, wavelets.num_high_bands(False), axis=-1))
+    shown = [("original", frames), ("low band /2", full(low) / 2.0),
+             ("|high band|", full(detail) / jnp.maximum(jnp.max(detail), 1e-6))]
+    for method, stages in ANONYMISER_STAGES.items():
+        variables = {n: ctx.network(n, stage) for n, stage in stages.items()}
+        shown += [(f"{method} G", nets.privatize(variables, frames)),
+                  (f"{method} C", compensated_clips(nets, variables, video))]
     rows, labels = [], []
     for k, index in enumerate(indices):
-        for name, x in (("original", frames), ("low band /2", full(low) / 2.0),
-                        ("|high band|", full(detail) / jnp.maximum(jnp.max(detail), 1e-6)),
-                        ("G", g), ("C", c)):
+        for name, x in shown:
             rows.append(np.clip(np.asarray(x[k]), 0.0, 1.0))
             labels.append(f"clip {index}: {name}")
     return rows, labels

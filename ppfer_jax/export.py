@@ -35,7 +35,7 @@ import numpy as np
 
 from ppfer_jax.convert import load_variables, save_variables
 from ppfer_jax.files import give_default_mode, write_json_atomically
-from ppfer_jax.methods import ppfer
+from ppfer_jax.methods import ppfer, registry
 from ppfer_jax.parallel import mesh_from_config
 
 FORMAT = "ppfer-jax-bundle"
@@ -44,6 +44,7 @@ MANIFEST = "manifest.json"
 CONFIG = "config.json"
 VARIABLES = "variables.msgpack"
 ANONYMISER = ppfer.ANONYMISER  # f_low, f_high, f_fc
+METHODS = tuple(registry.ANONYMISER_STAGES)  # the method rows a bundle can hold
 UTILITY = "f_u"
 # The run's config keys the bundle's networks need (``Nets``: split/merge, privatize, compensate, dummy_input).
 _KEPT = {"data": ("image_size", "num_frames", "num_expressions"), "wavelet": ("name", "mode", "spatiotemporal"),
@@ -59,16 +60,23 @@ class BundleError(ValueError):
 
 
 def export(workdir: str | os.PathLike, out: str | os.PathLike, *, with_utility: bool = False,
-           overwrite: bool = False) -> Path:
-    """Writes the bundle of a finished run in ``workdir`` to the directory ``out``; returns ``out``."""
+           overwrite: bool = False, method: str | None = None) -> Path:
+    """Writes the bundle of a finished run in ``workdir`` to the directory ``out``; returns ``out``.
+
+    ``method``: which row's anonymiser, 'ppfer' (the paper's Algorithm 1) or 'ppfer_robust'; None: the one whose
+    privacy holds best against the fresh attackers (``default_method``)."""
     workdir, out = Path(workdir).absolute(), Path(out)  # orbax restores from absolute paths only
+    method = method or default_method(workdir)
+    if method not in METHODS:
+        raise ValueError(f"export: --method {method!r}: expected one of {', '.join(METHODS)}")
     names = ANONYMISER + ((UTILITY,) if with_utility else ())
+    sources = {**registry.ANONYMISER_STAGES[method], UTILITY: registry.METHOD_ROWS[method]["utility"]}
     config = load_run_config(workdir)
-    _check_finished(workdir, names)
+    _check_finished(workdir, [sources[name] for name in names])
     if out.exists() and not overwrite:
         raise ValueError(f"export: {out} already exists; pass --overwrite to replace it, or choose another --out")
     ctx = ppfer.Context(config, workdir, mesh_from_config(config))
-    variables = {name: jax.device_get(ctx.network(name)) for name in names}
+    variables = {name: jax.device_get(ctx.network(name, sources[name])) for name in names}
     bundle_config = cut_config(config, names, _expression_names(workdir, config))
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
@@ -76,7 +84,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, *, with_utility: 
         for name, value in variables.items():
             save_variables(value, staging / name, dict(bundle_config.model[ppfer.ROLES[name]]))
         write_json_atomically(staging / CONFIG, bundle_config.to_dict())
-        write_json_atomically(staging / MANIFEST, _manifest(workdir, config, names, staging))
+        write_json_atomically(staging / MANIFEST, _manifest(workdir, config, names, method, staging))
         for path in (staging, *staging.rglob("*")):
             give_default_mode(path, path.is_dir())
         _replace_dir(staging, out)
@@ -114,18 +122,31 @@ def format_summary(bundle: Bundle) -> str:
     lines = [f"bundle {bundle.path} ({size / 1e6:.1f} MB): {', '.join(bundle.variables)}; "
              f"{bundle.image_size}x{bundle.image_size} px frames, clips of {bundle.num_frames}"]
     results = bundle.manifest.get("evaluation")
-    if results and "table1" in results:
-        row = results["table1"]["ppfer"]
-        lines.append(f"  the run's test numbers: PLR {row['plr']:.1%} (chance {results['chance_plr']:.1%}), "
-                     f"adaptive PLR {row['adaptive_plr']:.1%}, ACC {row['acc']:.1%} (chance "
+    method = bundle.manifest.get("method", "ppfer")
+    if results and method in results.get("table1", {}):
+        row = results["table1"][method]
+        clip = f", adaptive clip PLR {row['adaptive_plr_clip']:.1%}" if "adaptive_plr_clip" in row else ""
+        lines.append(f"  the run's test numbers ({method}): PLR {row['plr']:.1%} (chance {results['chance_plr']:.1%}), "
+                     f"adaptive frame PLR {row['adaptive_plr']:.1%}{clip}, ACC {row['acc']:.1%} (chance "
                      f"{results['chance_acc']:.1%})")
     flag = " --predictions" if bundle.has_utility else ""
     lines.append(f"  use it: ppfer-jax anonymize VIDEO... --bundle {bundle.path} -o OUT{flag}")
     return "\n".join(lines)
 
 
-def _check_finished(workdir: Path, names: tuple[str, ...]) -> None:
-    for stage in dict.fromkeys(ppfer.producer(name) for name in names):
+def default_method(workdir: Path) -> str:
+    """The method row whose worst adaptive attacker (frame or clip) reads the fewest identities in the run's
+    evaluation; 'ppfer' when the run has none."""
+    results = _evaluation(Path(workdir))
+    if not results or "table1" not in results:
+        return "ppfer"
+    table = results["table1"]
+    return min((m for m in METHODS if m in table),
+               key=lambda m: max(table[m]["adaptive_plr"], table[m].get("adaptive_plr_clip") or 0.0))
+
+
+def _check_finished(workdir: Path, stages) -> None:
+    for stage in dict.fromkeys(stages):
         if not (workdir / stage / "DONE.json").exists():
             raise ValueError(f"export: stage {stage} is not finished in {workdir} (no {stage}/DONE.json); "
                              f"run `ppfer-jax run --workdir {workdir}` to the end first")
@@ -151,7 +172,7 @@ def _evaluation(workdir: Path) -> dict | None:
     return None
 
 
-def _manifest(workdir: Path, config, names: tuple[str, ...], staging: Path) -> dict:
+def _manifest(workdir: Path, config, names: tuple[str, ...], method: str, staging: Path) -> dict:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -159,6 +180,7 @@ def _manifest(workdir: Path, config, names: tuple[str, ...], staging: Path) -> d
         "versions": _versions(),
         "source": {"workdir": str(workdir.absolute()), "data": config.data.name, "seed": config.seed},
         "networks": list(names),
+        "method": method,
         "evaluation": _evaluation(workdir),
         "sha256": {f"{name}/{VARIABLES}": _sha256(staging / name / VARIABLES) for name in names},
     }

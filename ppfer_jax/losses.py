@@ -59,6 +59,12 @@ def privacy_loss(logits: jax.Array, labels: jax.Array, objective: str, mask: jax
     raise ValueError(f"config privacy.objective: expected one of {', '.join(PRIVACY_OBJECTIVES)}, got {objective!r}")
 
 
+def worst_case_privacy_loss(stacked_logits: jax.Array, labels: jax.Array, objective: str) -> jax.Array:
+    """The largest ``privacy_loss`` over several adversaries' logits (K, N, classes) of the same examples: an
+    enhancer minimising it cannot rest once one adversary is fooled while another still reads identity."""
+    return jnp.max(jax.vmap(lambda logits: privacy_loss(logits, labels, objective))(stacked_logits))
+
+
 def l1(prediction: jax.Array, target: jax.Array) -> jax.Array:
     """Mean absolute error (the enhancers' reconstruction pretraining)."""
     return jnp.mean(jnp.abs(prediction.astype(jnp.float32) - target.astype(jnp.float32)))

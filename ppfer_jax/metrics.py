@@ -1,4 +1,4 @@
-"""Evaluation metrics: accuracy, per-class accuracy, SSIM and PSNR (dm-pix).
+"""Evaluation metrics: accuracy, per-class accuracy, the relabelling check, SSIM and PSNR (dm-pix).
 
 Counting functions return sums (correct, total) rather than means, so that
 batches padded by ``iterate_once`` (``mask`` False) and batches from several
@@ -36,6 +36,28 @@ def per_class_counts(predictions: jax.Array, labels: jax.Array, num_classes: int
     hit = (predictions == labels).astype(jnp.float32)[..., None]
     axes = tuple(range(labels.ndim))
     return {"correct": jnp.sum(one_hot * hit, axis=axes), "total": jnp.sum(one_hot, axis=axes)}
+
+
+def confusion_counts(logits: jax.Array, labels: jax.Array, num_classes: int,
+                     mask: jax.Array | None = None) -> jax.Array:
+    """(true class, predicted class) counts over the masked examples, float32 (K, K): sums over batches."""
+    m = _mask(labels, mask)
+    truth = jax.nn.one_hot(labels, num_classes) * m[..., None]
+    predicted = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
+    return jnp.einsum("nk,nj->kj", truth.reshape(-1, num_classes), predicted.reshape(-1, num_classes))
+
+
+def permuted_accuracy(confusion) -> float:
+    """Accuracy under the best one-to-one relabelling of the predictions (Hungarian assignment).
+
+    A classifier whose plain accuracy is at chance but whose permuted accuracy is high still tells the classes
+    apart: it only calls them by other names (what maximising a frozen controller's CE tends to produce).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    confusion = np.asarray(confusion, np.float64)
+    rows, columns = linear_sum_assignment(confusion, maximize=True)
+    return float(confusion[rows, columns].sum() / max(confusion.sum(), 1.0))
 
 
 def per_class_accuracy(predictions, labels, num_classes: int, mask=None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The stage graph of ``ppfer-jax run``: runs the stages in order, skips finished ones, re-runs one on request.
 
-Order: pretrain/identity, pretrain/enhancer, pretrain/expression, s1/privacy,
-s2/compensation, s3/utility, no_privacy, attack/adaptive, evaluate. A stage is
+Order: ``ppfer.STAGES`` (the pretraining, the paper's s1-s3, no_privacy, the attackers, then the
+``ppfer_robust`` row's stages), then evaluate. A stage is
 finished when its ``DONE.json`` exists (``evaluate``: ``evaluate/results.json``);
 a killed stage resumes from its last checkpoint (see ``training.fit``).
 ``rerun=NAME`` deletes that stage and every stage downstream of it (whose
@@ -23,21 +23,21 @@ import jax
 
 from ppfer_jax import evaluation, report
 from ppfer_jax.files import write_json_atomically
-from ppfer_jax.methods import ppfer
+from ppfer_jax.methods import ppfer, registry
 from ppfer_jax.parallel import mesh_from_config
 
 EVALUATE = "evaluate"
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
-STAGE_NAMES = tuple(s.name for s in ppfer.STAGES) + (EVALUATE,)
+STAGE_NAMES = tuple(s.name for s in registry.STAGES) + (EVALUATE,)
 
 
 def dependencies(name: str) -> set[str]:
     """Stages whose outputs ``name`` reads directly."""
     if name == EVALUATE:
-        return {s.name for s in ppfer.STAGES}
-    stage = ppfer.STAGE_BY_NAME[name]
-    anonymiser = {ppfer.producer(n) for n in ppfer.ANONYMISER} if stage.anonymised else set()
+        return {s.name for s in registry.STAGES}
+    stage = registry.STAGE_BY_NAME[name]
+    anonymiser = set(registry.ANONYMISER_STAGES[stage.anonymised].values()) if stage.anonymised else set()
     return {stage.source_of(n) for n in stage.frozen} | anonymiser | set(stage.init_from.values())
 
 
@@ -103,7 +103,7 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
     timings = load_timings(workdir)
     for name in downstream(rerun) if rerun is not None else ():
         timings.pop(name, None)
-    for stage in ppfer.STAGES:
+    for stage in registry.STAGES:
         if (workdir / stage.name / "DONE.json").exists():
             continue
         start = time.perf_counter()

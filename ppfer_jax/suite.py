@@ -33,13 +33,14 @@ from ppfer_jax.attacks import recovery_stage
 from ppfer_jax.figures import frame_grid
 from ppfer_jax.files import write_json_atomically
 from ppfer_jax.methods import ablations, blur, face_swap, optical_flow, tradeoff
-from ppfer_jax.methods.ppfer import STAGE_BY_NAME, Context, Stage, adaptive_attack_stage, run_stage, utility_stage
+from ppfer_jax.methods.ppfer import Context, Stage, adaptive_attack_stage, clip_attack_stage, run_stage, utility_stage
+from ppfer_jax.methods.registry import STAGE_BY_NAME
 from ppfer_jax.parallel import mesh_from_config
 from ppfer_jax.training import is_complete, read_summary
 
 TABLE1 = {"no_privacy": "No Privacy Preservation", "blur1": "Gaussian Blur 1", "blur2": "Gaussian Blur 2",
           "tradeoff": "Trade-off Framework", "optical_flow": "Optical Flow", "swap": "Image Swapping",
-          "ppfer": "PPFER (ours)"}
+          "ppfer": "PPFER (ours)", "ppfer_robust": "PPFER-robust"}
 ROWS = tuple(TABLE1) + tuple(ablations.TASKS)
 METHODS = {"blur": blur.blur_split, "optical_flow": optical_flow.flow_split, "swap": face_swap.swap_split,
            "tradeoff": tradeoff.tradeoff_split, **{key: ablations.ablation_split for key in ablations.TASKS}}
@@ -57,13 +58,14 @@ class Row:
     stages: tuple[Stage, ...] = ()  # its own stages, in order (shared ones are skipped once done)
     utility: Stage | None = None
     adaptive: Stage | None = None
+    clip: Stage | None = None
     recovery: Stage | None = None
     note: str = ""
     status: str = "ok"              # anything else: why the row was not run
 
     def all_stages(self) -> tuple[Stage, ...]:
         """Its own stages, then the downstream ones, in run order."""
-        return self.stages + tuple(s for s in (self.utility, self.adaptive, self.recovery) if s is not None)
+        return self.stages + tuple(s for s in (self.utility, self.adaptive, self.clip, self.recovery) if s is not None)
 
 
 class Runner:
@@ -85,9 +87,11 @@ class Runner:
 
 
 def _scored(key: str, method: str, *, utility: Stage | None = None, attacks: bool = True) -> dict:
-    """A row's downstream stages: F_u on its clips, and (``attacks``) the adaptive and recovery attackers."""
+    """A row's downstream stages: F_u on its clips, and (``attacks``) the adaptive frame and clip attackers and the
+    recovery attacker."""
     return dict(utility=utility or utility_stage(f"rows/{key}/utility", method),
                 adaptive=adaptive_attack_stage(f"rows/{key}/adaptive", method) if attacks else None,
+                clip=clip_attack_stage(f"rows/{key}/attack_clip", method) if attacks else None,
                 recovery=recovery_stage(f"rows/{key}/recovery", method) if attacks else None)
 
 
@@ -96,11 +100,19 @@ def build_row(key: str, runner: Runner) -> Row:
     config = runner.ctx.config
     if key == "no_privacy":
         return Row(key, TABLE1[key], "table1", None, utility=STAGE_BY_NAME["no_privacy"],
-                   note="F_u and V_pl on the raw clips; its adaptive PLR is V_pl's own")
+                   clip=STAGE_BY_NAME["attack/clip_raw"],
+                   note="F_u and V_pl on the raw clips; its adaptive frame PLR is V_pl's own")
     if key == "ppfer":
         return Row(key, TABLE1[key], "table1", "ppfer", utility=STAGE_BY_NAME["s3/utility"],
-                   adaptive=STAGE_BY_NAME["attack/adaptive"], recovery=recovery_stage("attack/recovery", "ppfer"),
+                   adaptive=STAGE_BY_NAME["attack/adaptive"], clip=STAGE_BY_NAME["attack/clip"],
+                   recovery=recovery_stage("attack/recovery", "ppfer"),
                    note=f"Algorithm 1 objective {config.privacy.objective!r}")
+    if key == "ppfer_robust":
+        return Row(key, TABLE1[key], "table1", "ppfer_robust", utility=STAGE_BY_NAME["robust/utility"],
+                   adaptive=STAGE_BY_NAME["robust/attack_adaptive"], clip=STAGE_BY_NAME["robust/attack_clip"],
+                   recovery=recovery_stage("robust/attack_recovery", "ppfer_robust"),
+                   note=f"worst case over {config.privacy.robust.adversaries} co-trained adversaries per band, "
+                        f"objective {config.privacy.robust.objective!r}")
     if key in ("blur1", "blur2"):
         search = _blur_search(key, runner)
         method = blur.method_name(search["x"])
@@ -165,6 +177,7 @@ def score_row(runner: Runner, row: Row) -> dict:
     start = time.perf_counter()
     result = evaluation.evaluate_method(runner.ctx, row.method, utility=row.utility.name,
                                         adaptive=row.adaptive.name if row.adaptive else None,
+                                        clip=row.clip.name if row.clip else None,
                                         recovery=row.recovery.name if row.recovery else None)
     runner.timings[f"evaluate {row.key}"] = time.perf_counter() - start
     pipeline.save_timings(runner.ctx.workdir, runner.timings)
@@ -203,8 +216,8 @@ def _suite(config, workdir: Path, main: dict, rows: dict, results: dict, timings
     r = main["results"]
     table = {}
     for key, row in rows.items():
-        numbers = results.get(key) or dict.fromkeys(("plr", "adaptive_plr", "acc", "per_class", "ssim", "psnr",
-                                                     "recovery"))
+        numbers = results.get(key) or dict.fromkeys(("plr", "plr_permuted", "adaptive_plr", "adaptive_plr_clip", "acc",
+                                                     "per_class", "ssim", "psnr", "recovery"))
         table[key] = {"table": row.table, "label": row.label, **numbers, "status": row.status, "note": row.note}
     searches = {key: json.loads((workdir / "rows" / key / "search.json").read_text())
                 for key in ("blur1", "blur2") if (workdir / "rows" / key / "search.json").exists()}

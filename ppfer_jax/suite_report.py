@@ -47,11 +47,13 @@ def _number(value, fmt: str) -> str:
 
 def _table1(suite: dict) -> list[str]:
     lines = ["## Table 1: privacy leakage (PLR) and utility (ACC)", "",
-             "| Approach | PLR (V_pl) ↓ | adaptive PLR ↓ | ACC ↑ | paper PLR | paper ACC |",
-             "|---|---|---|---|---|---|"]
+             "| Approach | PLR (V_pl) ↓ | permuted PLR ↓ | adaptive frame PLR ↓ | adaptive clip PLR ↓ | ACC ↑ "
+             "| paper PLR | paper ACC |",
+             "|---|---|---|---|---|---|---|---|"]
     for key, row in _rows(suite, "table1"):
         paper = PAPER_SUITE["table1"].get(key, (None, None))
-        lines.append(f"| {row['label']} | {pct(row['plr'])} | {pct(row['adaptive_plr'])} | {pct(row['acc'])} "
+        lines.append(f"| {row['label']} | {pct(row['plr'])} | {pct(row.get('plr_permuted'))} "
+                     f"| {pct(row['adaptive_plr'])} | {pct(row.get('adaptive_plr_clip'))} | {pct(row['acc'])} "
                      f"| {pct(paper[0])} | {pct(paper[1])} |")
     return lines
 

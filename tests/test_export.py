@@ -11,11 +11,11 @@ import pytest
 from data_pipelines.sources import load_split
 from ppfer_jax import convert, export
 from ppfer_jax.cli import main
-from ppfer_jax.methods import ppfer
+from ppfer_jax.methods import ppfer, registry
 from ppfer_jax.parallel import make_mesh
 
 
-def test_bundle_holds_only_the_anonymiser_and_the_utility_model(tiny_bundle):
+def test_bundle_holds_only_the_anonymiser_and_the_utility_model(tiny_run, tiny_bundle):
     directories = {p.name for p in tiny_bundle.iterdir() if p.is_dir()}
     assert directories == {"f_low", "f_high", "f_fc", "f_u"}  # no controller, validator or attacker
     files = {str(p.relative_to(tiny_bundle)) for p in tiny_bundle.rglob("*") if p.is_file()}
@@ -28,14 +28,16 @@ def test_bundle_holds_only_the_anonymiser_and_the_utility_model(tiny_bundle):
     assert manifest["format_version"] == export.FORMAT_VERSION
     assert manifest["networks"] == ["f_low", "f_high", "f_fc", "f_u"]
     assert {"ppfer-jax", "jax", "flax"} <= set(manifest["versions"])
-    assert set(manifest["evaluation"]["table1"]) == {"no_privacy", "ppfer"}
+    assert set(manifest["evaluation"]["table1"]) == {"no_privacy", "ppfer", "ppfer_robust"}
+    assert manifest["method"] == export.default_method(tiny_run)
     assert manifest["created"]
 
 
 def test_bundle_anonymises_exactly_as_the_evaluated_chain(tiny_run, tiny_bundle, monkeypatch):
     config = export.load_run_config(tiny_run)
     ctx = ppfer.Context(config, tiny_run, make_mesh())
-    frozen = {n: ctx.network(n) for n in ppfer.ANONYMISER}
+    method = json.loads((tiny_bundle / "manifest.json").read_text())["method"]
+    frozen = {n: ctx.network(n, stage) for n, stage in registry.ANONYMISER_STAGES[method].items()}
     clips = load_split(config, "test").arrays["video"][:6]
     expected = np.asarray(jax.jit(lambda v, x: ppfer.to_uint8(ppfer.compensated_clips(ctx.nets, v, x)))(frozen, clips))
     # Loading a bundle reads no checkpoint of the run: the controllers' weights are never needed.
@@ -45,6 +47,21 @@ def test_bundle_anonymises_exactly_as_the_evaluated_chain(tiny_run, tiny_bundle,
     assert bundle.expressions == ["anger", "disgust", "fear", "happy", "neutral", "sad"]
     np.testing.assert_array_equal(bundle.anonymise(clips), expected)
     assert bundle.predict(expected[:, :4]).shape == (6, 6)
+
+
+def test_export_takes_the_method_asked_for_and_defaults_to_the_more_private_one(tiny_run, tmp_path):
+    table = json.loads((tiny_run / "evaluate" / "results.json").read_text())["table1"]
+    worst = {m: max(table[m]["adaptive_plr"], table[m]["adaptive_plr_clip"]) for m in ("ppfer", "ppfer_robust")}
+    assert worst[export.default_method(tiny_run)] == min(worst.values())
+    for method in ("ppfer", "ppfer_robust"):
+        bundle = export.load_bundle(export.export(tiny_run, tmp_path / method, method=method))
+        assert bundle.manifest["method"] == method
+        ctx = ppfer.Context(export.load_run_config(tiny_run), tiny_run, make_mesh())
+        expected = ctx.network("f_low", registry.ANONYMISER_STAGES[method]["f_low"])
+        for x, y in zip(jax.tree.leaves(bundle.variables["f_low"]), jax.tree.leaves(expected), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    with pytest.raises(ValueError, match="--method 'nope'"):
+        export.export(tiny_run, tmp_path / "x", method="nope")
 
 
 def test_a_bundle_without_utility_refuses_to_predict(tiny_run, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from ppfer_jax import cli, pipeline
 from ppfer_jax.config import load_config
-from ppfer_jax.methods import ppfer
+from ppfer_jax.methods import ppfer, registry
 from ppfer_jax.parallel import make_mesh
 
 TINY = "configs/synthetic.py:tiny"
@@ -63,13 +63,22 @@ def test_pipeline_runs_end_to_end_and_writes_the_tables(uninterrupted):
     workdir, report, _ = uninterrupted
     on_disk = json.loads((workdir / "report.json").read_text())
     results = on_disk["results"]
-    assert set(results["table1"]) == {"no_privacy", "ppfer"}
+    rows = ("no_privacy", "ppfer", "ppfer_robust")
+    assert set(results["table1"]) == set(rows)
     for row in results["table1"].values():
-        assert set(row) == {"plr", "adaptive_plr", "acc"}
+        assert set(row) == {"plr", "plr_permuted", "adaptive_plr", "adaptive_plr_clip", "acc"}
         assert all(0.0 <= v <= 1.0 for v in row.values())
-    assert all(len(results["table2"][row]) == 6 for row in ("no_privacy", "ppfer"))
+        assert row["plr_permuted"] >= row["plr"]  # the identity labelling is one of the relabellings tried
+    assert all(len(results["table2"][row]) == 6 for row in rows)
+    for method in ("ppfer", "ppfer_robust"):
+        assert set(results["fidelity"][method]) == {"ssim", "psnr", "ssim_g", "psnr_g"}
+        assert -1.0 <= results["fidelity"][method]["ssim"] <= 1.0
+    assert set(results["attackers"]) == {"frozen validator V_pl", "adaptive frame attacker", "adaptive clip attacker",
+                                         "relabelling check"}
+    assert 0.0 <= results["robust_selection"]["held-out ridge attacker on G (val)"] <= 1.0
     assert results["chance_plr"] == pytest.approx(1 / 6)
-    assert set(results["controllers_clean_accuracy"]) == {"C_lpr (low band)", "C_hpr (high band)", "V_pl (frames)"}
+    assert set(results["controllers_clean_accuracy"]) == {"C_lpr (low band)", "C_hpr (high band)", "V_pl (frames)",
+                                                          "V_sel (frames; chooses s1's checkpoint)"}
     assert (workdir / "report.md").read_text().startswith("# PPFER report")
     assert (workdir / "report.png").stat().st_size > 0
     for name in pipeline.STAGE_NAMES[:-1]:
@@ -107,13 +116,13 @@ def test_a_finished_workdir_is_not_retrained(uninterrupted, monkeypatch):
 def test_frozen_networks_are_bit_identical_to_their_producers(uninterrupted):
     workdir, _, _ = uninterrupted
     ctx = ppfer.Context(tiny_config(), workdir, make_mesh())
-    for stage in ppfer.STAGES:
+    for stage in registry.STAGES:
         if not stage.frozen:
             continue
         state = ctx.load(stage.name)
         for name in stage.frozen:
-            producer = ppfer.STAGE_BY_NAME[ppfer.producer(name)]
-            expected = ctx.network(name)
+            producer = registry.STAGE_BY_NAME[stage.source_of(name)]
+            expected = ctx.network(name, producer.name)
             got = state.frozen[name]
             for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
                 np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
@@ -122,7 +131,9 @@ def test_frozen_networks_are_bit_identical_to_their_producers(uninterrupted):
 
 def test_rerun_of_a_stage_also_reruns_what_reads_it():
     assert pipeline.downstream("s1/privacy") == ["s1/privacy", "s2/compensation", "s3/utility",
-                                                 "attack/adaptive", "evaluate"]
+                                                 "attack/adaptive", "attack/clip", "evaluate"]
+    assert pipeline.downstream("robust/privacy") == ["robust/privacy", "robust/compensation", "robust/utility",
+                                                     "robust/attack_adaptive", "robust/attack_clip", "evaluate"]
     assert pipeline.downstream("no_privacy") == ["no_privacy", "evaluate"]
     assert pipeline.downstream("pretrain/identity")[-1] == "evaluate"
 
@@ -167,7 +178,7 @@ def test_anonymised_split_is_the_trained_chain_output_stored_as_uint8(uninterrup
     assert video.dtype == np.uint8 and video.shape == raw.arrays["video"].shape
     for field in ("identity", "expression", "eval_frame"):
         np.testing.assert_array_equal(anonymised.arrays[field], raw.arrays[field])
-    frozen = {n: ctx.network(n) for n in ppfer.ANONYMISER}
+    frozen = {n: ctx.network(n, stage) for n, stage in ppfer.ANONYMISER_STAGES.items()}
     direct = np.asarray(ppfer.to_uint8(ppfer.compensated_clips(ctx.nets, frozen, raw.arrays["video"][:4])))
     # Same function at another batch size: equal up to one grey level where float rounding differs.
     assert np.max(np.abs(direct.astype(int) - video[:4].astype(int))) <= 1

@@ -91,6 +91,19 @@ def test_heads_map_linear_outputs_into_their_ranges(tiny):
     assert 0.0 <= sigmoid_out.min() and sigmoid_out.max() <= 2.0
 
 
+def test_residual_head_starts_as_the_identity_and_bounds_its_change(tiny):
+    x, _ = tiny
+    model = UNet(3, head="residual", out_range=(-1.0, 1.0), **TINY)
+    variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
+    np.testing.assert_array_equal(model.apply(variables, x), x)  # zero-initialised change
+    outc = jax.tree.map(lambda leaf: leaf + 50.0, variables["params"]["outc"])  # push the change to saturation
+    out = model.apply({**variables, "params": {**variables["params"], "outc": outc}}, x)
+    assert not np.allclose(out, x)
+    assert np.all(np.abs(np.asarray(out - x)) <= 1.0 + 1e-5)  # at most half of out_range's width (float32)
+    with pytest.raises(ValueError, match="3 input channels, got 9"):
+        UNet(3, head="residual", **TINY).init(jax.random.key(0), jnp.zeros((1, 16, 16, 9)))
+
+
 def test_bounded_heads_saturate_at_the_ends_of_out_range():
     extremes = jnp.array([-100.0, 0.0, 100.0])
     np.testing.assert_allclose(apply_head(extremes, "tanh", (-1.0, 1.0)), [-1.0, 0.0, 1.0])

@@ -17,10 +17,13 @@ cost more than training them. The baselines and ablations of ``ppfer-jax reprodu
 reuse these stage builders.
 
 Network names (``NETS``): c_low / c_high (identity controllers on the low / high
-wavelet band), v_pl (leakage validator on frames), c_fc (expression controller on
-frames), f_low / f_high (privacy enhancers, U-Net), f_fc (compensator, U-ViT),
-f_u (utility R3D on clips), attacker (a fresh identity classifier, V_pl's
-architecture, trained on compensated frames: the adaptive attack); for the suite,
+wavelet band), v_pl (leakage validator on frames), v_sel (a second frozen frame
+validator that chooses s1's checkpoint, so the reported V_pl never does), c_fc
+(expression controller on frames), f_low / f_high (privacy enhancers, U-Net), f_fc
+(compensator, U-ViT), f_u (utility R3D on clips), attacker / clip_attacker (fresh
+identity classifiers, V_pl's and F_u's architectures, trained on anonymised frames /
+clips: the adaptive attacks), adv_low / adv_high (ppfer_robust's co-trained band
+adversaries, ``privacy.robust.adversaries`` stacked copies each); for the suite,
 f_frame / c_frame (a whole-frame enhancer and its controller), adversary (the
 trade-off baseline's) and recovery (the threat model's U-Net).
 """
@@ -48,11 +51,15 @@ from ppfer_jax.models import build_model
 from ppfer_jax.parallel import global_batch, process_batch_size, tree_shardings
 from ppfer_jax.training import TrainState, abstract_state, fit, load_best
 
-NETS = ("c_low", "c_high", "v_pl", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker",
-        "f_frame", "c_frame", "adversary", "recovery")
+NETS = ("c_low", "c_high", "v_pl", "v_sel", "c_fc", "f_low", "f_high", "f_fc", "f_u", "attacker", "clip_attacker",
+        "adv_low", "adv_high", "f_frame", "c_frame", "adversary", "recovery")
 ANONYMISER = ("f_low", "f_high", "f_fc")  # the networks that make an anonymised split
-ROLES = {"c_low": "identity_controller", "c_high": "identity_controller", "v_pl": "validator",
-         "attacker": "validator", "c_fc": "expression_controller", "f_low": "enhancer_low",
+IDENTITY_READERS = ("c_low", "c_high", "v_pl", "v_sel", "attacker", "clip_attacker", "adv_low", "adv_high", "c_frame",
+                    "adversary")  # the networks that classify identity
+STACKED = ("adv_low", "adv_high")  # ppfer_robust's co-trained band adversaries: privacy.robust.adversaries copies each
+ROLES = {"c_low": "identity_controller", "c_high": "identity_controller", "v_pl": "validator", "v_sel": "validator",
+         "attacker": "validator", "clip_attacker": "utility", "adv_low": "identity_controller",
+         "adv_high": "identity_controller", "c_fc": "expression_controller", "f_low": "enhancer_low",
          "f_high": "enhancer_high", "f_fc": "compensator", "f_u": "utility",
          # the evaluation suite's (``ppfer-jax reproduce``): a frame enhancer and its controller (ablations without
          # the wavelet, the trade-off baseline's anonymiser), the trade-off's identity adversary, and the
@@ -77,15 +84,10 @@ class Nets:
 
     @functools.cached_property
     def modules(self) -> dict:
-        """The modules of the networks whose role ``config.model`` specifies (a bundle: the anonymiser's only)."""
+        """The modules of the networks whose role ``config.model`` specifies (a bundle: the anonymiser's and F_u's
+        only, with no identity count)."""
         c = self.config
         role_fields = {
-            "c_low": lambda: dict(num_classes=c.data.num_identities),
-            "c_high": lambda: dict(num_classes=c.data.num_identities),
-            "v_pl": lambda: dict(num_classes=c.data.num_identities),
-            "attacker": lambda: dict(num_classes=c.data.num_identities),
-            "c_frame": lambda: dict(num_classes=c.data.num_identities),
-            "adversary": lambda: dict(num_classes=c.data.num_identities),
             "f_frame": lambda: dict(out_channels=3),
             "recovery": lambda: dict(out_channels=3),
             "c_fc": lambda: dict(num_classes=c.data.num_expressions),
@@ -93,6 +95,8 @@ class Nets:
             "f_low": lambda: dict(out_channels=3),
             "f_high": lambda: dict(out_channels=3 * wavelets.num_high_bands(c.wavelet.spatiotemporal)),
             "f_fc": lambda: dict(img_size=c.data.image_size, in_channels=3)}
+        if c.data.get("num_identities"):
+            role_fields.update({name: lambda: dict(num_classes=c.data.num_identities) for name in IDENTITY_READERS})
         return {name: build_model(self.spec(name), dtype=c.dtype, **fields())
                 for name, fields in role_fields.items() if ROLES[name] in c.model}
 
@@ -108,13 +112,20 @@ class Nets:
         d = self.config.data
         half = d.image_size // 2
         high_channels = 3 * wavelets.num_high_bands(self.config.wavelet.spatiotemporal)
-        shapes = {"c_low": (1, half, half, 3), "f_low": (1, half, half, 3),
+        clip = (1, d.num_frames, d.image_size, d.image_size, 3)
+        shapes = {"c_low": (1, half, half, 3), "f_low": (1, half, half, 3), "adv_low": (1, half, half, 3),
                   "c_high": (1, half, half, high_channels), "f_high": (1, half, half, high_channels),
-                  "f_u": (1, d.num_frames, d.image_size, d.image_size, 3)}
+                  "adv_high": (1, half, half, high_channels), "f_u": clip, "clip_attacker": clip}
         return jnp.zeros(shapes.get(name, (1, d.image_size, d.image_size, 3)), jnp.float32)
 
     def init(self, name: str, key: jax.Array) -> dict:
-        """Fresh variables {'params', 'batch_stats'} of one network."""
+        """Fresh variables {'params', 'batch_stats'} of one network (of every copy, stacked, for ``STACKED``)."""
+        if name in STACKED:
+            copies = self.config.privacy.robust.adversaries
+            return jax.vmap(lambda k: self._init_one(name, k))(jax.random.split(key, copies))
+        return self._init_one(name, key)
+
+    def _init_one(self, name: str, key: jax.Array) -> dict:
         variables = dict(self.modules[name].init(key, self.dummy_input(name), train=False))
         variables.setdefault("batch_stats", {})
         if name == "f_fc" and self.config.compensation.residual:
@@ -247,6 +258,7 @@ class Stage:
 def producer(name: str) -> str:
     """The stage whose weights a frozen network is loaded from."""
     return {"c_low": "pretrain/identity", "c_high": "pretrain/identity", "v_pl": "pretrain/identity",
+            "v_sel": "pretrain/identity",
             "c_fc": "pretrain/expression", "f_low": "s1/privacy", "f_high": "s1/privacy",
             "f_fc": "s2/compensation", "f_u": "s3/utility", "attacker": "attack/adaptive"}[name]
 
@@ -275,6 +287,27 @@ def optimizer_for(config, section) -> optax.GradientTransformation:
     raise ValueError(f"config train.*.schedule: expected 'constant' or 'cosine', got {schedule!r}")
 
 
+def grouped_optimizer(groups: dict[str, tuple[str, ...]]) -> Callable:
+    """An optimizer builder ``(config, section) -> transform`` keeping one state per group of networks, for steps
+    that update the groups in turn (adversarial games): an update of one group never moves another through
+    optimizer momentum."""
+    def build(config, section) -> optax.GradientTransformation:
+        inner = optimizer_for(config, section)
+
+        def init(params):
+            return {group: inner.init({n: params[n] for n in names}) for group, names in groups.items()}
+
+        def update(grads, state, params=None):
+            updates, new_state = {}, {}
+            for group, names in groups.items():
+                part, new_state[group] = inner.update({n: grads[n] for n in names}, state[group],
+                                                      None if params is None else {n: params[n] for n in names})
+                updates.update(part)
+            return updates, new_state
+        return optax.GradientTransformation(init, update)
+    return build
+
+
 def make_step(loss_fn):
     """A step builder from a loss builder: ``loss_fn(nets, config)(params, batch_stats, frozen, batch, rng)``
     returns (loss, (metrics, new_batch_stats)). Only ``params`` (the trained networks) is differentiated;
@@ -297,7 +330,7 @@ def _identity_loss(nets, config):
         frame = random_frames(rng, to_float(batch["video"]))
         low, high = nets.split(frame)
         labels, total, logs, new_stats = batch["identity"], 0.0, {}, {}
-        for name, x in (("c_low", low), ("c_high", high), ("v_pl", frame)):
+        for name, x in (("c_low", low), ("c_high", high), ("v_pl", frame), ("v_sel", frame)):
             logits, new_stats[name] = nets.apply_train(name, params[name], batch_stats[name], x)
             loss = losses.cross_entropy(logits, labels)
             total += loss
@@ -313,7 +346,7 @@ def _identity_eval(ctx):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
         low, high = nets.split(frame)
         out = {}
-        for name, x in (("c_low", low), ("c_high", high), ("v_pl", frame)):
+        for name, x in (("c_low", low), ("c_high", high), ("v_pl", frame), ("v_sel", frame)):
             logits = nets.apply(name, net_variables(state, name), x)
             out[f"{name}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
         return out
@@ -401,19 +434,36 @@ def _privacy_loss(nets, config, privatizer: Privatizer = WAVELET):
 
 
 def _privacy_eval(ctx, privatizer: Privatizer = WAVELET):
+    """Val numbers of Algorithm 1 and its checkpoint choice, ``selection`` (max): among the evaluations where the
+    selection validator V_sel reads at most ``privacy.selection_target`` x chance from G, the one whose G is most
+    like the frames (1 + SSIM); before any is, the least leaking one (minus V_sel's accuracy).
+
+    V_sel is a second frozen frame validator, trained beside V_pl from another initialisation: the report's
+    V_pl is logged (``leakage``) but never chooses. The band controllers cannot choose either: the enhancers fool
+    them long before a frame validator (measured: both at 2x chance by step 125, V_pl still at 31%)."""
     nets = ctx.nets
+    target = ctx.config.privacy.selection_target / ctx.config.data.num_identities
 
     def counts(state, batch):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
         enhancers = {name: net_variables(state, name) for name in privatizer.enhancers}
-        out = {"leakage": metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"],
-                                                             privatizer.apply(nets, enhancers, frame)),
-                                                  batch["identity"], batch["mask"])}
+        g = privatizer.apply(nets, enhancers, frame)
+        m = batch["mask"]
+        out = {"leakage": metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"], g), batch["identity"], m),
+               "v_sel_acc": metrics.correct_counts(nets.apply("v_sel", state.frozen["v_sel"], g), batch["identity"], m),
+               "ssim_g": {"correct": jnp.sum(metrics.ssim(frame, g) * m), "total": jnp.sum(m.astype(jnp.float32))}}
         for name, ctrl, band in zip(privatizer.enhancers, privatizer.controllers, privatizer.inputs(nets, frame)):
             logits = nets.apply(ctrl, state.frozen[ctrl], nets.apply(name, enhancers[name], band))
-            out[f"{ctrl}_acc"] = metrics.correct_counts(logits, batch["identity"], batch["mask"])
+            out[f"{ctrl}_acc"] = metrics.correct_counts(logits, batch["identity"], m)
         return out
-    return ctx.evaluator(counts, "val")
+    evaluate = ctx.evaluator(counts, "val")
+
+    def eval_fn(state) -> dict:
+        result = evaluate(state)
+        leak = result["v_sel_acc"]
+        result["selection"] = 1.0 + result["ssim_g"] if leak <= target else -leak
+        return result
+    return eval_fn
 
 
 # -- s2/compensation (Algorithm 2): U-ViT against the frozen expression controller
@@ -461,21 +511,23 @@ def compensated_clips(nets, frozen, video, privatizer: Privatizer = WAVELET):
     return nets.compensate(frozen["f_fc"], privatizer.apply(nets, frozen, to_float(video)))
 
 
-def _utility_loss(nets, config):
+def _clip_classifier_loss(nets, config, *, net: str = "f_u", label: str = "expression"):
+    """A clip classifier (R3D) on every frame of its (flipped, shifted) training clips: F_u on expression, the
+    clip attacker on identity."""
     aug = config.train.augment
 
     def loss_fn(params, batch_stats, frozen, batch, rng):
         video = flip_and_shift(rng, batch["video"], flip=aug.flip, max_shift=aug.max_shift)
-        logits, stats = nets.apply_train("f_u", params["f_u"], batch_stats["f_u"], to_float(video))
-        return losses.cross_entropy(logits, batch["expression"]), (
-            {"acc": metrics.accuracy(logits, batch["expression"])}, {"f_u": stats})
+        logits, stats = nets.apply_train(net, params[net], batch_stats[net], to_float(video))
+        return losses.cross_entropy(logits, batch[label]), (
+            {"acc": metrics.accuracy(logits, batch[label])}, {net: stats})
     return loss_fn
 
 
-def _utility_eval(ctx, *, anonymised: str | None):
+def _clip_classifier_eval(ctx, *, anonymised: str | None, net: str = "f_u", label: str = "expression"):
     def counts(state, batch):
-        logits = ctx.nets.apply("f_u", net_variables(state, "f_u"), to_float(batch["video"]))
-        return {"acc": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
+        logits = ctx.nets.apply(net, net_variables(state, net), to_float(batch["video"]))
+        return {"acc": metrics.correct_counts(logits, batch[label], batch["mask"])}
     return ctx.evaluator(counts, "val", anonymised)
 
 
@@ -486,7 +538,17 @@ def net_variables(state: TrainState, name: str) -> dict:
 def utility_stage(name: str, method: str | None) -> Stage:
     """F_u trained on a method's anonymised clips (``train.utility``), or on the raw clips (``train.no_privacy``)."""
     return Stage(name, "no_privacy" if method is None else "utility", ("f_u",), (), "train", method,
-                 make_step(_utility_loss), functools.partial(_utility_eval, anonymised=method), augmented=True)
+                 make_step(_clip_classifier_loss), functools.partial(_clip_classifier_eval, anonymised=method),
+                 augmented=True)
+
+
+def clip_attack_stage(name: str, method: str | None) -> Stage:
+    """A fresh clip classifier (F_u's R3D) trained on identity from a method's anonymised training clips (None:
+    the raw clips): the adaptive attacker that sees every frame of a clip (``train.clip_attack``)."""
+    part = dict(net="clip_attacker", label="identity")
+    return Stage(name, "clip_attack", ("clip_attacker",), (), "train", method,
+                 make_step(functools.partial(_clip_classifier_loss, **part)),
+                 functools.partial(_clip_classifier_eval, anonymised=method, **part), augmented=True)
 
 
 def adaptive_attack_stage(name: str, method: str) -> Stage:
@@ -504,10 +566,10 @@ def enhancer_pretrain_stage(name: str, train_key: str, privatizer: Privatizer) -
 
 def privacy_stage(name: str, privatizer: Privatizer, *, start: str, sources: dict | None = None) -> Stage:
     """Algorithm 1: the enhancers (started from stage ``start``) against their frozen identity controllers; the
-    checkpoint with the least V_pl leakage on val is kept."""
-    return Stage(name, "privacy", privatizer.enhancers, privatizer.controllers + ("v_pl",), "train", None,
+    checkpoint is chosen on val by ``_privacy_eval``'s rule."""
+    return Stage(name, "privacy", privatizer.enhancers, privatizer.controllers + ("v_pl", "v_sel"), "train", None,
                  make_step(functools.partial(_privacy_loss, privatizer=privatizer)),
-                 functools.partial(_privacy_eval, privatizer=privatizer), select=("leakage", "min"),
+                 functools.partial(_privacy_eval, privatizer=privatizer), select=("selection", "max"),
                  init_from={n: start for n in privatizer.enhancers}, sources=sources or {})
 
 
@@ -520,7 +582,7 @@ def compensation_stage(name: str, privatizer: Privatizer, *, controlled: bool = 
 
 
 STAGES = (
-    Stage("pretrain/identity", "pretrain_identity", ("c_low", "c_high", "v_pl"), (), "train", None,
+    Stage("pretrain/identity", "pretrain_identity", ("c_low", "c_high", "v_pl", "v_sel"), (), "train", None,
           make_step(_identity_loss), _identity_eval),
     enhancer_pretrain_stage("pretrain/enhancer", "pretrain_enhancer", WAVELET),
     frame_classifier_stage("pretrain/expression", "pretrain_expression", "c_fc", "expression", "c_fc_acc_val_frames",
@@ -530,8 +592,11 @@ STAGES = (
     utility_stage("s3/utility", "ppfer"),
     utility_stage("no_privacy", None),
     adaptive_attack_stage("attack/adaptive", "ppfer"),
+    clip_attack_stage("attack/clip", "ppfer"),
+    clip_attack_stage("attack/clip_raw", None),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+ANONYMISER_STAGES = {"f_low": "s1/privacy", "f_high": "s1/privacy", "f_fc": "s2/compensation"}  # stage of each
 
 
 def stage_key(config, name: str) -> jax.Array:
@@ -549,8 +614,11 @@ def stage_seed(config, name: str) -> int:
 
 
 def ppfer_split(ctx: Context, split: str, method: str) -> ArraySource:
-    """The split anonymised by the trained PPFER chain C = F_fc(merge(F_lpr(low), F_hpr(high)))."""
-    frozen = {n: ctx.network(n) for n in ANONYMISER}
+    """The split anonymised by a trained PPFER chain C = F_fc(merge(F_lpr(low), F_hpr(high))): the paper's
+    (``ppfer``) or the robust one (``ppfer_robust``)."""
+    from ppfer_jax.methods.registry import ANONYMISER_STAGES
+
+    frozen = {n: ctx.network(n, stage) for n, stage in ANONYMISER_STAGES[method].items()}
     return ctx.map_clips(load_split(ctx.config, split), lambda video: to_uint8(compensated_clips(ctx.nets, frozen,
                                                                                                  video)))
 
@@ -568,9 +636,11 @@ class Context:
     def __init__(self, config, workdir: Path, mesh, *, stages: dict | None = None, methods: dict | None = None,
                  keep_originals: bool = False):
         self.config, self.workdir, self.mesh = config, Path(workdir), mesh
+        from ppfer_jax.methods import registry  # the stages of `run`, which build on this module
+
         self.nets = Nets(config)
-        self.stages = dict(STAGE_BY_NAME if stages is None else stages)
-        self.methods = {"ppfer": ppfer_split, **(methods or {})}
+        self.stages = dict(registry.STAGE_BY_NAME if stages is None else stages)
+        self.methods = {**dict.fromkeys(registry.ANONYMISER_STAGES, ppfer_split), **(methods or {})}
         self.keep_originals = keep_originals
         self._states: dict[str, TrainState] = {}
         self._anonymised: dict[tuple[str, str], ArraySource] = {}
@@ -620,7 +690,8 @@ class Context:
 
     def evaluator(self, counts_fn, split: str, anonymised: str | None = None,
                   originals: bool = False) -> Callable[[TrainState], dict]:
-        """eval_fn(state) -> {metric: value} summing ``counts_fn``'s {'correct', 'total'} over one pass."""
+        """eval_fn(state) -> {metric: value} summing ``counts_fn``'s {'correct', 'total'} over one pass (a metric
+        given as a bare array, a confusion matrix say, comes back summed)."""
         jitted = jax.jit(counts_fn)
         batch_size = self.eval_batch_size
 
@@ -630,7 +701,8 @@ class Context:
                 out = jitted(state, global_batch(batch, self.mesh))
                 sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
             sums = jax.device_get(sums)
-            return {name: metrics.ratio(v["correct"], v["total"]) for name, v in sums.items()}
+            return {name: metrics.ratio(v["correct"], v["total"]) if isinstance(v, dict) else np.asarray(v)
+                    for name, v in sums.items()}
         return eval_fn
 
     def shape_state(self, stage: Stage) -> Callable[[], TrainState]:

@@ -22,27 +22,10 @@ import optax
 from data_pipelines.sources import load_split
 from ppfer_jax import losses, metrics
 from ppfer_jax.methods.ablations import FRAME_ENHANCER
-from ppfer_jax.methods.ppfer import (Stage, flatten_frames, net_variables, optimizer_for, pick_frames, random_frames,
-                                     to_float, to_uint8)
+from ppfer_jax.methods.ppfer import (Stage, flatten_frames, grouped_optimizer, net_variables, optimizer_for,
+                                     pick_frames, random_frames, to_float, to_uint8)
 
 GROUPS = {"anonymiser": ("f_frame",), "models": ("f_u", "adversary")}
-
-
-def _grouped_optimizer(config, section) -> optax.GradientTransformation:
-    """The configured optimizer with one state per group of networks."""
-    inner = optimizer_for(config, section)
-
-    def init(params):
-        return {group: inner.init({n: params[n] for n in names}) for group, names in GROUPS.items()}
-
-    def update(grads, state, params=None):
-        updates, new_state = {}, {}
-        for group, names in GROUPS.items():
-            part, new_state[group] = inner.update({n: grads[n] for n in names}, state[group],
-                                                  None if params is None else {n: params[n] for n in names})
-            updates.update(part)
-        return updates, new_state
-    return optax.GradientTransformation(init, update)
 
 
 def _forward(nets, params, batch_stats, batch, rng):
@@ -104,7 +87,7 @@ def _evaluate(ctx):
 
 
 TRADEOFF = Stage("tradeoff/train", "tradeoff", ("f_frame", "f_u", "adversary"), (), "train", None, _make_step,
-                 _evaluate, init_from={"f_frame": FRAME_ENHANCER.name}, optimizer=_grouped_optimizer)
+                 _evaluate, init_from={"f_frame": FRAME_ENHANCER.name}, optimizer=grouped_optimizer(GROUPS))
 STAGES = (FRAME_ENHANCER, TRADEOFF)
 
 
