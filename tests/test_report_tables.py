@@ -9,12 +9,15 @@ from ppfer_jax import figures, suite_report
 from ppfer_jax.suite import TABLE1
 
 TASKS = {f"task{k}": f"Task {k}" for k in range(1, 7)}
+PAPER_ROWS = [(key, label) for key, label in list(TABLE1.items()) + list(TASKS.items())
+              if key in suite_report.PAPER_SUITE["table1"] or key in suite_report.PAPER_SUITE["table4"]]
 
 
 def _suite_from_paper() -> dict:
-    """A suite whose numbers are the paper's own (CREMA-D), every row run."""
+    """A suite whose numbers are the paper's own (CREMA-D), every row of the paper run (our PPFER-robust row has no
+    paper number)."""
     rows = {}
-    for key, label in list(TABLE1.items()) + list(TASKS.items()):
+    for key, label in PAPER_ROWS:
         table = "table1" if key in TABLE1 else "table4"
         plr, acc = suite_report.PAPER_SUITE[table][key]
         ssim, psnr, rec_plr = suite_report.PAPER_SUITE["table3"].get(key, (None, None, None))
@@ -36,7 +39,7 @@ def test_every_table_has_every_row_with_the_papers_numbers_beside_ours():
     text = suite_report.markdown(_suite_from_paper())
     for title in ("Table 1", "Table 2", "Table 3", "Table 4"):
         assert f"## {title}" in text
-    for label in list(TABLE1.values()) + list(TASKS.values()) + ["Full framework (PPFER)"]:
+    for label in [label for _, label in PAPER_ROWS] + ["Full framework (PPFER)"]:
         assert f"| {label} |" in text
     for published in ("20.97%", "2.15%", "0.94", "31.14", "72.45%", "12.99%", "68.83%", "78.84%", "87.20%"):
         assert published in text
@@ -63,7 +66,7 @@ def test_a_row_that_was_not_run_reads_na_and_says_why():
                                               "recovery")), "table": "table1", "label": "Image Swapping",
                              "status": "needs swapped videos", "note": ""}
     text = suite_report.markdown(suite)
-    assert "| Image Swapping | n/a | n/a | n/a | 3.67% | 64.96% |" in text
+    assert "| Image Swapping | n/a | n/a | n/a | n/a | n/a | 3.67% | 64.96% |" in text
     assert "- Image Swapping: not run: needs swapped videos" in text
 
 

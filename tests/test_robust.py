@@ -108,7 +108,7 @@ def test_confusion_counts_match_numpy_and_honour_the_mask():
 def test_clip_attacker_learns_identity_from_raw_clips(tmp_path):
     """The adaptive clip attacker is a real attacker: trained from scratch on raw tiny clips it reads identity on
     the val split far above chance (1/6), so a low clip PLR on anonymised clips is the anonymiser's doing."""
-    config = load_config(TINY, ["train.clip_attack.steps=60", "train.clip_attack.batch_size=8",
+    config = load_config(TINY, ["train.clip_attack.steps=120", "train.clip_attack.batch_size=8",
                                 "train.clip_attack.learning_rate=3e-3"])
     ctx = ppfer.Context(config, tmp_path, make_mesh())
     summary = ppfer.run_stage(ctx, ppfer.STAGE_BY_NAME["attack/clip_raw"])
