@@ -42,10 +42,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Every spec's init_from: a `ppfer-jax convert` output directory to start that network from (e.g.
     # ImageNet ResNet-50 for the controllers, Kinetics R3D-18 for F_u, as the paper does); None: fresh init.
     # Paper's code: milesial U-Net (bilinear, 64-1024) with a sigmoid head on both bands. Ours: the same
-    # U-Net with a linear head, because a sigmoid cannot output the detail bands' negative half.
-    c.model.enhancer_low = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 2.0),
+    # U-Net with a 'residual' head (band + bounded change, starting as the identity map; see configs/synthetic.py),
+    # because a sigmoid cannot output the detail bands' negative half and a linear head ran to saturated colour.
+    c.model.enhancer_low = dict(name="unet", features=64, depth=4, head="residual", out_range=(0.0, 2.0),
                                 init_from=None)
-    c.model.enhancer_high = dict(name="unet", features=64, depth=4, head="linear", out_range=(-1.0, 1.0),
+    c.model.enhancer_high = dict(name="unet", features=64, depth=4, head="residual", out_range=(-1.0, 1.0),
                                  init_from=None)
     c.model.identity_controller = dict(name="resnet50", width=64, small_input=False, init_from=None)
     c.model.validator = dict(name="resnet50", width=64, small_input=False, init_from=None)
