@@ -81,7 +81,8 @@ def evaluate(ctx: Context) -> dict:
         out = jitted(variables, global_batch(batch, ctx.mesh))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     sums = jax.device_get(sums)
-    r = {row: {name: (np.asarray(v) if name == "confusion" else metrics.ratio(v["correct"], v["total"]))
+    # {correct, total} counts become ratios and bare arrays (the confusion matrices) stay sums, as in Context.evaluator
+    r = {row: {name: metrics.ratio(v["correct"], v["total"]) if isinstance(v, dict) else np.asarray(v)
                for name, v in row_sums.items()} for row, row_sums in sums.items()}
 
     def table1(row: str) -> dict:
@@ -122,9 +123,9 @@ def evaluate(ctx: Context) -> dict:
                              "held-out ridge attacker on G (val)": robust["best"]["metrics"]["held_out_attacker_acc"],
                              "C_fc on G (val)": robust["best"]["metrics"]["c_fc_acc_on_g"]},
         "expression_controller": {"C_fc on clean val frames": expression["c_fc_acc_val_frames"],
-                                  **{f"C_fc on {kind} ({m}, val)": read_summary(ctx.workdir, stage)["eval"][key]
-                                     for m, stage in (("ppfer", "s2/compensation"),
-                                                      ("ppfer_robust", "robust/compensation"))
+                                  **{f"C_fc on {kind} ({m}, val)":
+                                     read_summary(ctx.workdir, stages["f_fc"])["eval"][key]
+                                     for m, stages in ANONYMISER_STAGES.items()
                                      for kind, key in (("G", "c_fc_acc_on_g"), ("C", "c_fc_acc_on_c"))}},
     }
 

@@ -1,6 +1,6 @@
 """The stage graph of ``ppfer-jax run``: runs the stages in order, skips finished ones, re-runs one on request.
 
-Order: ``ppfer.STAGES`` (the pretraining, the paper's s1-s3, no_privacy, the attackers, then the
+Order: ``registry.STAGES`` (the pretraining, the paper's s1-s3, no_privacy, the attackers, then the
 ``ppfer_robust`` row's stages), then evaluate. A stage is
 finished when its ``DONE.json`` exists (``evaluate``: ``evaluate/results.json``);
 a killed stage resumes from its last checkpoint (see ``training.fit``).

@@ -34,7 +34,7 @@ from ppfer_jax.figures import frame_grid
 from ppfer_jax.files import write_json_atomically
 from ppfer_jax.methods import ablations, blur, face_swap, optical_flow, tradeoff
 from ppfer_jax.methods.ppfer import Context, Stage, adaptive_attack_stage, clip_attack_stage, run_stage, utility_stage
-from ppfer_jax.methods.registry import STAGE_BY_NAME
+from ppfer_jax.methods.registry import METHOD_ROWS, STAGE_BY_NAME
 from ppfer_jax.parallel import mesh_from_config
 from ppfer_jax.training import is_complete, read_summary
 
@@ -102,17 +102,13 @@ def build_row(key: str, runner: Runner) -> Row:
         return Row(key, TABLE1[key], "table1", None, utility=STAGE_BY_NAME["no_privacy"],
                    clip=STAGE_BY_NAME["attack/clip_raw"],
                    note="F_u and V_pl on the raw clips; its adaptive frame PLR is V_pl's own")
-    if key == "ppfer":
-        return Row(key, TABLE1[key], "table1", "ppfer", utility=STAGE_BY_NAME["s3/utility"],
-                   adaptive=STAGE_BY_NAME["attack/adaptive"], clip=STAGE_BY_NAME["attack/clip"],
-                   recovery=recovery_stage("attack/recovery", "ppfer"),
-                   note=f"Algorithm 1 objective {config.privacy.objective!r}")
-    if key == "ppfer_robust":
-        return Row(key, TABLE1[key], "table1", "ppfer_robust", utility=STAGE_BY_NAME["robust/utility"],
-                   adaptive=STAGE_BY_NAME["robust/attack_adaptive"], clip=STAGE_BY_NAME["robust/attack_clip"],
-                   recovery=recovery_stage("robust/attack_recovery", "ppfer_robust"),
-                   note=f"worst case over {config.privacy.robust.adversaries} co-trained adversaries per band, "
-                        f"objective {config.privacy.robust.objective!r}")
+    if key in METHOD_ROWS:  # the method rows of `run`: their own F_u and attackers, plus a recovery attacker
+        trained = {role: STAGE_BY_NAME[stage] for role, stage in METHOD_ROWS[key].items()}
+        recovery = {"ppfer": "attack/recovery", "ppfer_robust": "robust/attack_recovery"}[key]
+        note = (f"Algorithm 1 objective {config.privacy.objective!r}" if key == "ppfer" else
+                f"worst case over {config.privacy.robust.adversaries} co-trained adversaries per band, "
+                f"objective {config.privacy.robust.objective!r}")
+        return Row(key, TABLE1[key], "table1", key, recovery=recovery_stage(recovery, key), note=note, **trained)
     if key in ("blur1", "blur2"):
         search = _blur_search(key, runner)
         method = blur.method_name(search["x"])

@@ -596,7 +596,7 @@ STAGES = (
     clip_attack_stage("attack/clip_raw", None),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
-ANONYMISER_STAGES = {"f_low": "s1/privacy", "f_high": "s1/privacy", "f_fc": "s2/compensation"}  # stage of each
+ANONYMISER_STAGES = {name: producer(name) for name in ANONYMISER}  # the stage each anonymiser network comes from
 
 
 def stage_key(config, name: str) -> jax.Array:
