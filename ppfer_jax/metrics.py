@@ -60,6 +60,18 @@ def permuted_accuracy(confusion) -> float:
     return float(confusion[rows, columns].sum() / max(confusion.sum(), 1.0))
 
 
+def ridge_accuracy(fit_x, fit_y, test_x, test_y, *, regulariser: float = 1.0) -> float:
+    """A linear attacker fitted in closed form: one-vs-rest ridge regression on standardised features (N, D), fit
+    on ``(fit_x, fit_y)``, accuracy on ``(test_x, test_y)``. The penalty is ``regulariser`` per fitted row."""
+    fit_x, test_x = np.asarray(fit_x, np.float64), np.asarray(test_x, np.float64)
+    mean, scale = fit_x.mean(0), fit_x.std(0) + 1e-6
+    fit_x, test_x = (fit_x - mean) / scale, (test_x - mean) / scale
+    classes = np.unique(fit_y)
+    targets = (np.asarray(fit_y)[:, None] == classes[None]).astype(np.float64)
+    weights = np.linalg.solve(fit_x.T @ fit_x + regulariser * len(fit_x) * np.eye(fit_x.shape[1]), fit_x.T @ targets)
+    return float(np.mean(classes[np.argmax(test_x @ weights, axis=1)] == np.asarray(test_y)))
+
+
 def per_class_accuracy(predictions, labels, num_classes: int, mask=None) -> np.ndarray:
     """Recall of each true class (NaN for a class with no example): Table 2's columns."""
     counts = jax.device_get(per_class_counts(jnp.asarray(predictions), jnp.asarray(labels), num_classes,

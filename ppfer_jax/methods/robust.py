@@ -181,15 +181,8 @@ def ridge_identity_probe(features: np.ndarray, identity: np.ndarray, clip: np.nd
     for person in np.unique(identity):
         clips = np.unique(clip[identity == person])
         fit |= np.isin(clip, clips[::2])
-    x = features.astype(np.float64)
-    mean, scale = x[fit].mean(0), x[fit].std(0) + 1e-6
-    x = (x - mean) / scale
-    classes = np.unique(identity)
-    targets = (identity[fit, None] == classes[None]).astype(np.float64)
-    a = x[fit]
-    weights = np.linalg.solve(a.T @ a + regulariser * len(a) * np.eye(a.shape[1]), a.T @ targets)
-    predicted = classes[np.argmax(x[~fit] @ weights, axis=1)]
-    return float(np.mean(predicted == identity[~fit]))
+    return metrics.ridge_accuracy(features[fit], identity[fit], features[~fit], identity[~fit],
+                                  regulariser=regulariser)
 
 
 def _evaluate(ctx):
