@@ -11,6 +11,8 @@
 
     python benchmarks/identity_cues.py --workdir workdir                     # after `ppfer-jax run`
     python benchmarks/identity_cues.py --workdir workdir --swap_steps 600
+    python benchmarks/identity_cues.py --workdir workdir --swap_steps 1500 \
+        --swap_override model.enhancer_low.features=32 --swap_override model.enhancer_high.features=32
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/synthetic.py")
     parser.add_argument("--override", action="append", default=[], help="KEY=VALUE, as the run was given")
     parser.add_argument("--swap_steps", type=int, default=0, help="train the enhancers to the oracle swap (0: skip)")
+    parser.add_argument("--swap_override", action="append", default=[],
+                        help="KEY=VALUE for the enhancers trained to the swap only (e.g. a wider U-Net)")
     parser.add_argument("--batch_clips", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     args = parser.parse_args()
@@ -133,6 +137,8 @@ def main() -> None:
         cues[method or "raw"] = cue_probes(*(frames_and_identities(ctx.source(s, method)) for s in ("train", "test")))
         print(method or "raw", cues[method or "raw"], flush=True)
     if args.swap_steps:
+        swap_config = load_config(args.config, [f"--config.{o}" for o in args.override + args.swap_override])
+        ctx = ppfer.Context(swap_config, args.workdir, ctx.mesh)
         variables = learn_swap(ctx, args.swap_steps, args.batch_clips, args.learning_rate, config.seed)
         out = {}
         for split in ("train", "test"):
@@ -145,7 +151,7 @@ def main() -> None:
         swapped = swap["test"][0]
         cues["swap target (oracle)"] = cue_probes(swap["train"], swap["test"])
         results["enhancers trained to the swap"] = {
-            "steps": args.swap_steps, "cues": cue_probes(out["train"], out["test"]),
+            "steps": args.swap_steps, "overrides": args.swap_override, "cues": cue_probes(out["train"], out["test"]),
             "l1_to_swap_test": round(float(np.mean(np.abs(out["test"][0] - swapped))), 4),
             "c_fc_acc_every_test_frame": {
                 "raw": round(expression_accuracy(ctx, frames_and_identities(ctx.source("test"))[0], expression), 3),
