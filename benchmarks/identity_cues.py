@@ -64,11 +64,11 @@ def cue_probes(train, test) -> dict:
             for name, f in FEATURES.items()}
 
 
-def learn_swap(ctx, steps: int, batch_clips: int, learning_rate: float, seed: int):
-    """The band enhancers trained by L1 to the oracle swap of the train clips; returns their variables."""
+def learn_swap(ctx, raw: np.ndarray, target: np.ndarray, steps: int, batch_clips: int, learning_rate: float,
+               seed: int):
+    """The band enhancers trained by L1 to map the uint8 clips ``raw`` to ``target`` (their oracle swap); returns the
+    enhancers' variables."""
     nets = ctx.nets
-    raw = ctx.source("train").arrays["video"]
-    target = face_swap.swap_split(ctx, "train", "swap").arrays["video"]
     names = ppfer.WAVELET.enhancers
     keys = jax.random.split(jax.random.key(seed, impl=ctx.config.rng_impl), len(names))
     variables = {n: nets.init(n, k) for n, k in zip(names, keys)}
@@ -139,16 +139,15 @@ def main() -> None:
     if args.swap_steps:
         swap_config = load_config(args.config, [f"--config.{o}" for o in args.override + args.swap_override])
         ctx = ppfer.Context(swap_config, args.workdir, ctx.mesh)
-        variables = learn_swap(ctx, args.swap_steps, args.batch_clips, args.learning_rate, config.seed)
-        out = {}
-        for split in ("train", "test"):
-            arrays = ctx.source(split).arrays
-            out[split] = (apply_enhancers(ctx, variables, arrays["video"]),
-                          np.repeat(arrays["identity"], arrays["video"].shape[1]))
-        test = ctx.source("test").arrays
-        expression = np.repeat(test["expression"], test["video"].shape[1])
-        swap = {s: frames_and_identities(face_swap.swap_split(ctx, s, "swap")) for s in ("train", "test")}
+        raw = {split: ctx.source(split).arrays for split in ("train", "test")}
+        swap = {split: face_swap.swap_split(ctx, split, "swap") for split in ("train", "test")}
+        variables = learn_swap(ctx, raw["train"]["video"], swap["train"].arrays["video"], args.swap_steps,
+                               args.batch_clips, args.learning_rate, config.seed)
+        out = {split: (apply_enhancers(ctx, variables, arrays["video"]),
+                       np.repeat(arrays["identity"], arrays["video"].shape[1])) for split, arrays in raw.items()}
+        swap = {split: frames_and_identities(source) for split, source in swap.items()}
         swapped = swap["test"][0]
+        expression = np.repeat(raw["test"]["expression"], raw["test"]["video"].shape[1])
         cues["swap target (oracle)"] = cue_probes(swap["train"], swap["test"])
         results["enhancers trained to the swap"] = {
             "steps": args.swap_steps, "overrides": args.swap_override, "cues": cue_probes(out["train"], out["test"]),
