@@ -29,7 +29,9 @@ from absl import flags
 
 from ppfer_jax import losses, metrics
 from ppfer_jax.config import load_config
-from ppfer_jax.methods import face_swap, ppfer, registry
+from ppfer_jax.baselines import swap as face_swap
+from ppfer_jax.nets import WAVELET, flatten_frames, to_float
+from ppfer_jax.recipes import run
 from ppfer_jax.parallel import mesh_from_config
 
 
@@ -69,7 +71,7 @@ def learn_swap(ctx, raw: np.ndarray, target: np.ndarray, steps: int, batch_clips
     """The band enhancers trained by L1 to map the uint8 clips ``raw`` to ``target`` (their oracle swap); returns the
     enhancers' variables."""
     nets = ctx.nets
-    names = ppfer.WAVELET.enhancers
+    names = WAVELET.enhancers
     keys = jax.random.split(jax.random.key(seed, impl=ctx.config.rng_impl), len(names))
     variables = {n: nets.init(n, k) for n, k in zip(names, keys)}
     params = {n: v["params"] for n, v in variables.items()}
@@ -79,8 +81,8 @@ def learn_swap(ctx, raw: np.ndarray, target: np.ndarray, steps: int, batch_clips
 
     @jax.jit
     def step(params, stats, opt, video, swapped):
-        frames, _ = ppfer.flatten_frames(ppfer.to_float(video))
-        wanted, _ = ppfer.flatten_frames(ppfer.to_float(swapped))
+        frames, _ = flatten_frames(to_float(video))
+        wanted, _ = flatten_frames(to_float(swapped))
 
         def loss_fn(p):
             outs, new = [], {}
@@ -103,7 +105,7 @@ def learn_swap(ctx, raw: np.ndarray, target: np.ndarray, steps: int, batch_clips
 
 def apply_enhancers(ctx, variables, video: np.ndarray) -> np.ndarray:
     """G of uint8 clips as float frames (N*T, H, W, 3) in [0, 1]."""
-    run = jax.jit(lambda v: jnp.clip(ppfer.WAVELET.apply(ctx.nets, variables, ppfer.to_float(v)), 0.0, 1.0))
+    run = jax.jit(lambda v: jnp.clip(WAVELET.apply(ctx.nets, variables, to_float(v)), 0.0, 1.0))
     out = np.concatenate([np.asarray(run(video[i:i + 64])) for i in range(0, len(video), 64)])
     return out.reshape((-1,) + out.shape[2:])
 
@@ -129,18 +131,18 @@ def main() -> None:
     args = parser.parse_args()
     flags.FLAGS.mark_as_parsed()
     config = load_config(args.config, [f"--config.{o}" for o in args.override])
-    ctx = ppfer.Context(config, args.workdir, mesh_from_config(config))
+    ctx = run.context(config, args.workdir, mesh_from_config(config))
     start = time.perf_counter()
     results = {"workdir": args.workdir, "cues (ridge, train -> test frames)": {}}
     cues = results["cues (ridge, train -> test frames)"]
-    for method in (None, *registry.ANONYMISER_STAGES):
+    for method in (None, *run.ANONYMISER_STAGES):
         cues[method or "raw"] = cue_probes(*(frames_and_identities(ctx.source(s, method)) for s in ("train", "test")))
         print(method or "raw", cues[method or "raw"], flush=True)
     if args.swap_steps:
         swap_config = load_config(args.config, [f"--config.{o}" for o in args.override + args.swap_override])
-        ctx = ppfer.Context(swap_config, args.workdir, ctx.mesh)
+        ctx = run.context(swap_config, args.workdir, ctx.mesh)
         raw = {split: ctx.source(split).arrays for split in ("train", "test")}
-        swap = {split: face_swap.swap_split(ctx, split, "swap") for split in ("train", "test")}
+        swap = {split: face_swap.anonymised_clips(ctx, split, "swap") for split in ("train", "test")}
         variables = learn_swap(ctx, raw["train"]["video"], swap["train"].arrays["video"], args.swap_steps,
                                args.batch_clips, args.learning_rate, config.seed)
         out = {split: (apply_enhancers(ctx, variables, arrays["video"]),

@@ -5,7 +5,7 @@
     python benchmarks/stage_steps.py --devices 1 2 4 8                  # scaling sweep (host devices on CPU)
     python benchmarks/stage_steps.py --append                           # also append the table to RESULTS.md
 
-Each stage's real jitted step (``methods/ppfer.py``, on the config's mesh and shardings) runs on a fixed
+Each stage's real jitted step (``stages/``, on the config's mesh and shardings) runs on a fixed
 batch of the configured global size from a fresh state. FLOPs per step come from XLA's cost analysis of
 the compiled step (per device, times the devices); MFU divides the achieved FLOP/s by the device count
 times a per-device peak measured in the same process (a large matmul in the config's compute dtype), unless
@@ -61,19 +61,19 @@ def fake_batch(config, stage, batch_size: int):
 def bench_stage(ctx, stage, *, steps: int, compile_only: bool) -> dict:
     import jax
 
-    from ppfer_jax.methods import ppfer
+    from ppfer_jax.stage import shape_state, stage_optimizer, state_sharding
     from ppfer_jax.parallel import global_batch
     from ppfer_jax.training import abstract_state, compile_step
 
     config = ctx.config
     section = config.train[stage.train_key]
-    sharding = ctx.state_sharding(stage)
-    tx = ppfer.stage_optimizer(config, stage)
+    sharding = state_sharding(ctx.nets, ctx.mesh, stage)
+    tx = stage_optimizer(config, stage)
     step = compile_step(stage.step(ctx.nets, config, tx), ctx.mesh, sharding)
     batch = global_batch(fake_batch(config, stage, section.batch_size), ctx.mesh)
     key = jax.random.key(0, impl=config.rng_impl)
     start = time.perf_counter()
-    compiled = step.lower(abstract_state(ctx.shape_state(stage), sharding), batch, key).compile()
+    compiled = step.lower(abstract_state(shape_state(ctx.nets, stage), sharding), batch, key).compile()
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -86,7 +86,7 @@ def bench_stage(ctx, stage, *, steps: int, compile_only: bool) -> dict:
                                       + memory.temp_size_in_bytes) / 1e9 if memory is not None else None}
     if compile_only:
         return row
-    state = jax.jit(ctx.shape_state(stage), out_shardings=sharding)()
+    state = jax.jit(shape_state(ctx.nets, stage), out_shardings=sharding)()
     state, metrics = compiled(state, batch, key)  # warm-up
     jax.block_until_ready(metrics)
     start = time.perf_counter()
@@ -105,20 +105,20 @@ def run(args) -> dict:
     import jax
 
     from ppfer_jax.config import load_config
-    from ppfer_jax.methods import ppfer, registry
+    from ppfer_jax.recipes import run
     from ppfer_jax.parallel import mesh_from_config
 
     config = load_config(args.config, args.override)
-    names = args.stages or [stage.name for stage in registry.STAGES]
+    names = args.stages or [stage.name for stage in run.STAGES]
     peak = args.peak_tflops
     if peak is None and not args.compile_only:
         size = 4096 if jax.default_backend() != "cpu" else 1024
         peak = measure_peak_tflops("bfloat16" if config.dtype == "bfloat16" else "float32", size)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
-        ctx = ppfer.Context(config, workdir, mesh_from_config(config))
+        ctx = run.context(config, workdir, mesh_from_config(config))
         for name in names:
-            row = bench_stage(ctx, registry.STAGE_BY_NAME[name], steps=args.steps, compile_only=args.compile_only)
+            row = bench_stage(ctx, run.STAGE_BY_NAME[name], steps=args.steps, compile_only=args.compile_only)
             if peak and "tflops" in row:
                 row["mfu"] = row["tflops"] / (peak * jax.device_count())  # the peak is per device
             rows.append(row)

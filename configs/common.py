@@ -15,7 +15,7 @@ def stage(steps: int, batch_size: int, learning_rate: float, eval_every: int | N
 
 def robust_privacy(*, adversaries: int, restart_every: int, copies: str,
                    adversary_frames: int = 2) -> ml_collections.ConfigDict:
-    """``privacy.robust``: how ``ppfer_robust`` trains its enhancers (``ppfer_jax/methods/robust.py``).
+    """``privacy.robust``: how ``ppfer_robust`` trains its enhancers (``ppfer_jax/stages/robust_privacy.py``).
 
     ``objective``: the bounded privacy loss ('kl_uniform' or 'entropy'), worst case over ``adversaries``
     co-trained identity classifiers per band (and the frozen band controller, ``with_controllers``); one
@@ -49,7 +49,7 @@ def parallelism(fsdp: int = 1) -> dict[str, ml_collections.ConfigDict]:
 
 def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: float,
                      acc_evaluations: int = 5) -> dict[str, ml_collections.ConfigDict]:
-    """The baselines' settings and the rows of ``ppfer-jax reproduce`` (``ppfer_jax/suite.py``).
+    """The baselines' settings and the rows of ``ppfer-jax reproduce`` (``ppfer_jax/reproduce.py``).
 
     ``baselines.blur``: Blur 1's sigma is bisected over ``sigma_range`` (pixels) until V_pl's val PLR is within
     ``plr_tolerance`` of PPFER's (at most ``plr_evaluations`` val passes, cheap); Blur 2's until F_u's val ACC is
@@ -58,7 +58,7 @@ def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: fl
     SPAct's, maximise its entropy; 'neg_ce', 'kl_uniform' as for Algorithm 1) and its weight.
     ``baselines.optical_flow.max_magnitude``: the flow (pixels per frame) rendered at full brightness.
     ``baselines.swap``: which outside ('wild') person the synthetic oracle swap renders; on real data a directory
-    of pre-swapped clips (see ``ppfer_jax/methods/face_swap.py``).
+    of pre-swapped clips (see ``ppfer_jax/baselines/swap.py``).
     ``suite.rows``: the rows to run, Table 1's then Table 4's; ``suite.ablation_attacks``: also train the adaptive
     and recovery attackers for the ablations (the paper reports PLR and ACC only for them).
     """

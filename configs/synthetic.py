@@ -83,13 +83,8 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     c.privacy = ml_collections.ConfigDict()
     # Algorithm 1's objective for the enhancers against the frozen band controllers:
     # 'neg_ce' (paper: maximise CE, unbounded), 'entropy' (maximise predictive entropy),
-    # 'kl_uniform' (minimise KL(uniform || p)); see ppfer_jax/losses.py. Measured on this default config, whole
-    # pipeline (PLR = frozen V_pl, adaptive = fresh attacker; chance 8.33% PLR, 16.67% ACC):
-    #                  neg_ce   PLR 8.33%  adaptive 96.5%  ACC 21.5%
-    #                  entropy  PLR 12.5%  adaptive 97.2%  ACC 26.4%
-    # (kl_uniform, before the data set's tight face crops: PLR 12.5%, adaptive 98.6%.) The paper's 'neg_ce' is
-    # the default: it is the only one at chance PLR; none hides identity from an adaptive attacker here, and
-    # neg_ce's loss is unbounded (about -360 after 150 steps; a NaN would stop the run).
+    # 'kl_uniform' (minimise KL(uniform || p)); see ppfer_jax/losses.py. The paper's 'neg_ce' is the default
+    # (unbounded: a NaN would stop the run); the objectives are compared in benchmarks/RESULTS.md.
     c.privacy.objective = "neg_ce"
     # s1's checkpoint: the eval step with the best fidelity (SSIM of G to the val frames) among those where a second
     # frozen frame validator, V_sel, reads at most ``selection_target`` x chance on val; before any does, the least
@@ -121,12 +116,11 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     t.pretrain_identity = stage(60 if tiny else 200, 32 if tiny else 64, 2e-3)     # C_lpr, C_hpr, V_pl
     t.pretrain_enhancer = stage(10 if tiny else 100, 4 if tiny else 8, 2e-3)       # F_lpr, F_hpr (L1)
     t.pretrain_expression = stage(20 if tiny else 600, 32 if tiny else 64, 2e-3)   # C_fc on 'wild'
-    # Alg. 1 at the official code's Adam 1e-4: from the identity start, V_pl reads 8% (chance) of val by step 300.
+    # Alg. 1 at the official code's Adam 1e-4 (benchmarks/RESULTS.md: how V_pl falls over the steps).
     # (tiny: 10 steps at 1e-2, so that its anonymiser visibly acts from the identity start.)
     t.privacy = stage(10 if tiny else 450, 4 if tiny else 8, 1e-2 if tiny else 1e-4, eval_every=5 if tiny else 25)
     t.compensation = stage(10 if tiny else 150, 4 if tiny else 8, 1e-3)           # Alg. 2
-    # F_u: 800 steps of 16 clips (22 epochs) is where R3D starts to read expression here (800 steps of 8
-    # clips: 25-63% over seeds; constant lr or +-2 px shifts: slower; 1600 steps of 16: 67-73%).
+    # F_u: 800 steps of 16 clips (22 epochs); shorter or smaller-batch schedules: benchmarks/RESULTS.md.
     t.utility = stage(10 if tiny else 800, 4 if tiny else 16, 1e-3, schedule="cosine")     # F_u on C
     t.no_privacy = stage(10 if tiny else 800, 4 if tiny else 16, 1e-3, schedule="cosine")  # F_u on raw clips
     t.adaptive_attack = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)      # fresh identity classifier
@@ -134,7 +128,7 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     t.robust_privacy = stage(10 if tiny else 300, 4 if tiny else 8, 1e-2 if tiny else 1e-3,
                              eval_every=5 if tiny else 50)  # ppfer_robust
 
-    # `ppfer-jax reproduce` (configs/common.py evaluation_suite; ppfer_jax/suite.py). Paper: not stated.
+    # `ppfer-jax reproduce` (configs/common.py evaluation_suite; ppfer_jax/reproduce.py). Paper: not stated.
     # sigma in px at 32 px frames (16: little but the mean colour is left); 2 px per frame of flow is full brightness.
     c.update(evaluation_suite(sigma_range=(0.0, 16.0), flow_max_magnitude=2.0, acc_evaluations=3 if tiny else 5))
     t.pretrain_frame_controller = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)  # C_pr on frames (Tasks 1, 3)

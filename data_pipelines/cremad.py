@@ -5,7 +5,7 @@ downloaded by the user; nothing is fetched here. The builder reads ``<manual_dir
 the ``.flv`` files directly in ``manual_dir``), named ``ActorID_Sentence_Emotion_Level``, e.g.
 ``1001_DFA_ANG_XX.flv``: 91 actors 1001-1091, 12 sentences, emotions ANG DIS FEA HAP NEU SAD, levels LO MD
 HI XX. Each example holds a uint8 clip (``data_pipelines.video``), ``identity`` = actor - 1001 (0-90),
-``expression`` (0-5, in ``synthetic.EXPRESSIONS`` order), and ``actor``, ``sentence``, ``level``, ``name``.
+``expression`` (0-5, in ``labels.EXPRESSIONS`` order), and ``actor``, ``sentence``, ``level``, ``name``.
 
 Splits: the paper tests on 2,232 of the 7,442 clips and trains on the rest, every actor in both (closed
 set); it does not publish which. ``closed_set_split`` draws them stratified by actor, then by emotion
@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import video
-from data_pipelines.synthetic import EXPRESSIONS
-from ppfer_jax.files import write_json_atomically, write_text_atomically
+from data_pipelines.files import write_json_atomically, write_text_atomically
+from data_pipelines.labels import EXPRESSIONS
 
 EMOTION_CODES = ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")  # index i is EXPRESSIONS[i]
 LEVELS = ("LO", "MD", "HI", "XX")  # low, medium, high, unspecified intensity

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import video
-from ppfer_jax.files import write_json_atomically
+from data_pipelines.files import write_json_atomically
 
 LABELS = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")  # label k in the csvs is LABELS[k-1]
 FOLDS = (1, 2, 3, 4, 5)

@@ -28,7 +28,7 @@ from data_pipelines.loader import PreparedSplit
 SPLITS = ("train", "val", "test", "wild")
 PREPARED = ("cremad", "dfew")
 STAGE_FIELDS = ("video", "identity", "expression")
-NAME_ALIASES = {"angry": "anger"}  # DFEW's class names -> CREMA-D's (synthetic.EXPRESSIONS)
+NAME_ALIASES = {"angry": "anger"}  # DFEW's class names -> CREMA-D's (labels.EXPRESSIONS)
 
 
 class ArraySource:

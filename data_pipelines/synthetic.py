@@ -38,7 +38,8 @@ import operator
 
 import numpy as np
 
-EXPRESSIONS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
+from data_pipelines.labels import EXPRESSIONS
+
 SPLITS = ("train", "val", "test", "wild")
 ACTIONS = ("mouth_curve", "mouth_open", "mouth_stretch", "brow_raise", "brow_tilt", "eye_open", "nose_wrinkle")
 
@@ -764,16 +765,14 @@ class SyntheticFaces:
         return index
 
 
-def preview_grid(spec: SyntheticSpec, split: str, num_clips: int) -> np.ndarray:
-    """A labelled uint8 image of ``num_clips`` clips of a split, cycling through people and expressions."""
-    from ppfer_jax.figures import frame_grid
-
+def preview_clips(spec: SyntheticSpec, split: str, num_clips: int) -> tuple[list[np.ndarray], list[str]]:
+    """``num_clips`` clips of a split, cycling through people and expressions, with a label each."""
     _check_int("num_clips", num_clips, minimum=1)
     source = SyntheticFaces(spec, split)
     people, per_person = spec.identities(split), spec.clips_per_identity(split)
     indices = [(k % people) * per_person + k % per_person for k in range(num_clips)]
     labels = [f"id {identity} · {EXPRESSIONS[expression]}" for identity, expression in map(source.labels, indices)]
-    return frame_grid([source[i]["video"] for i in indices], row_labels=labels, scale=max(1, 128 // spec.image_size))
+    return [source[i]["video"] for i in indices], labels
 
 
 def _check_split(split: str) -> str:

@@ -14,6 +14,7 @@ stopping the run, and ``check_bad_fraction`` stops it when there are too many.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import json
@@ -21,13 +22,14 @@ import multiprocessing
 import re
 import shutil
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ppfer_jax.files import write_atomically, write_text_atomically
+from data_pipelines.files import write_atomically, write_text_atomically
 
 VIDEO_SUFFIXES = (".flv", ".mp4", ".avi", ".mkv", ".mov", ".webm")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -157,25 +159,62 @@ def load_clip(path: Path, spec: ClipSpec, name: str) -> np.ndarray:
     return _video_clip(path, spec, name)
 
 
-def decode_video(path: Path) -> list:
-    """Every frame of the first video stream, as PyAV frames (converted to RGB only when kept)."""
-    import av  # only the preparing process and its workers need FFmpeg
+@dataclasses.dataclass(frozen=True)
+class VideoStream:
+    """An opened video: its frame rate (None: the stream has none), the frame count its header announces (0:
+    unknown) and a one-pass iterator of its PyAV frames, decoded lazily (converted to RGB by the reader, which
+    may keep only some)."""
 
+    path: Path
+    rate: Fraction | None
+    announced: int
+    frames: Iterator
+
+
+@contextlib.contextmanager
+def open_video(path: Path) -> Iterator[VideoStream]:
+    """The one decoder of ``prepare`` and ``anonymize``: the first video stream of a file, opened with PyAV;
+    ``BadInput`` naming the file when it is empty, a Git LFS pointer, unreadable, without a video stream, or,
+    once read to the end, without a frame or truncated."""
+    import av  # only the processes that decode need FFmpeg
+
+    path = Path(path)
     check_file(path)
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise BadInput(path, "no video stream in the file")
-            stream = container.streams.video[0]
-            frames = list(container.decode(stream))
-            announced = announced_frames(container, stream)
+        container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as error:
         raise BadInput(path, f"unreadable video ({getattr(error, 'strerror', None) or error})") from None
-    if not frames:
+    with container:
+        if not container.streams.video:
+            raise BadInput(path, "no video stream in the file")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        announced = announced_frames(container, stream)
+        yield VideoStream(path, Fraction(rate) if rate else None, announced,
+                          _decoded(path, container, stream, announced))
+
+
+def _decoded(path: Path, container, stream, announced: int) -> Iterator:
+    import av
+
+    count = 0
+    try:
+        for frame in container.decode(stream):
+            count += 1
+            yield frame
+    except (av.error.FFmpegError, OSError) as error:
+        raise BadInput(path, f"unreadable video{f' after {count} frames' if count else ''} "
+                             f"({getattr(error, 'strerror', None) or error})") from None
+    if not count:
         raise BadInput(path, "no frame could be decoded")
-    if announced and len(frames) < TRUNCATED_BELOW * announced:
-        raise BadInput(path, f"truncated: decoded {len(frames)} of the {announced} frames its header announces")
-    return frames
+    if announced and count < TRUNCATED_BELOW * announced:
+        raise BadInput(path, f"truncated: decoded {count} of the {announced} frames its header announces")
+
+
+def decode_video(path: Path) -> list:
+    """Every frame of the first video stream, as PyAV frames (converted to RGB only when kept)."""
+    with open_video(path) as video:
+        return list(video.frames)
 
 
 def _video_clip(path: Path, spec: ClipSpec, name: str) -> np.ndarray:

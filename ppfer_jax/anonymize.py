@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines import video
+from data_pipelines.files import give_default_mode, write_json_atomically
 from data_pipelines.video import BadInput
-from ppfer_jax.files import give_default_mode, write_json_atomically
 
 DEFAULT_FPS = Fraction(25)  # a directory of frames has no frame rate of its own
 BATCH_CLIPS = 8  # clips of T frames per jitted call
@@ -94,42 +94,14 @@ def open_source(path: Path, fps: Fraction = DEFAULT_FPS) -> Iterator[Source]:
 
 @contextlib.contextmanager
 def _video(path: Path) -> Iterator[Source]:
-    import av
-
-    video.check_file(path)  # empty files and Git LFS pointers get their own message
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as error:
-        raise BadInput(path, f"unreadable video ({getattr(error, 'strerror', None) or error})") from None
-    with container:
-        if not container.streams.video:
-            raise BadInput(path, "no video stream in the file")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not rate:
-            raise BadInput(path, "the video stream has no frame rate")
-        announced = video.announced_frames(container, stream) or None
-        yield Source(path, Fraction(rate), announced, _decoded(path, container, stream, announced))
-
-
-def _decoded(path: Path, container, stream, announced: int | None) -> Iterator[np.ndarray]:
-    """RGB frames of the stream; at the end, ``BadInput`` if none decoded or far fewer than announced."""
-    import av
     from av.video.reformatter import VideoReformatter
 
-    to_rgb = VideoReformatter()  # one converter for the video: a frame's own rebuilds its tables
-    count = 0
-    try:
-        for frame in container.decode(stream):
-            count += 1
-            yield to_rgb.reformat(frame, format="rgb24").to_ndarray()
-    except (av.error.FFmpegError, OSError) as error:
-        raise BadInput(path, f"unreadable video after {count} frames "
-                             f"({getattr(error, 'strerror', None) or error})") from None
-    if not count:
-        raise BadInput(path, "no frame could be decoded")
-    if announced and count < video.TRUNCATED_BELOW * announced:
-        raise BadInput(path, f"truncated: decoded {count} of the {announced} frames its header announces")
+    with video.open_video(path) as stream:
+        if stream.rate is None:
+            raise BadInput(path, "the video stream has no frame rate")
+        to_rgb = VideoReformatter()  # one converter for the video: a frame's own rebuilds its tables
+        yield Source(path, stream.rate, stream.announced or None,
+                     (to_rgb.reformat(frame, format="rgb24").to_ndarray() for frame in stream.frames))
 
 
 def _images(directory: Path, fps: Fraction) -> Source:
@@ -294,7 +266,6 @@ def anonymize_video(bundle, source_path: Path, output: Path, *, predictions: boo
             try:
                 if json_path is not None:
                     write_json_atomically(json_path, record)
-                    give_default_mode(json_path)
                 writer.commit()
             except BaseException:
                 if json_path is not None:

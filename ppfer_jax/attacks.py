@@ -1,10 +1,11 @@
-"""The threat model (paper section 4.5, Table 3): a recovery attacker per method.
+"""Every attacker trained afresh on a method's anonymised clips: the adaptive frame and clip attackers (identity
+from anonymised frames / whole clips) and the recovery attacker of the threat model (paper section 4.5, Table 3).
 
-A white-box attacker holds a method's anonymised training clips and the original ones (everything but the
-controllers, which are not deployed) and trains a U-Net (``config.model.recovery``; paper: a full-scale
-U-Net) with L1 to map anonymised frames back to the originals. On the test split the evaluation reports
-SSIM and PSNR between recovered and original frames and V_pl's PLR on the recovered frames
-(``evaluation.evaluate_method``); lower is better for the method.
+The recovery attacker is white-box: it holds a method's anonymised training clips and the original ones
+(everything but the controllers, which are not deployed) and trains a U-Net (``config.model.recovery``; paper: a
+full-scale U-Net) with L1 to map anonymised frames back to the originals. The evaluation reports SSIM and PSNR
+between recovered and original test frames and V_pl's PLR on the recovered frames (``evaluation.score_method``);
+lower is better for the method.
 """
 
 from __future__ import annotations
@@ -14,7 +15,21 @@ import functools
 import jax.numpy as jnp
 
 from ppfer_jax import losses
-from ppfer_jax.methods.ppfer import Stage, flatten_frames, make_step, net_variables, pick_frames, to_float
+from ppfer_jax.evaluation import evaluator
+from ppfer_jax.nets import flatten_frames, pick_frames, to_float
+from ppfer_jax.stage import Stage, make_step, net_variables
+from ppfer_jax.stages.classifiers import clip_classifier_stage, frame_classifier_stage
+
+
+def adaptive_attack_stage(name: str, method: str) -> Stage:
+    """A fresh identity classifier (V_pl's architecture) trained on a method's anonymised training frames."""
+    return frame_classifier_stage(name, "adaptive_attack", "attacker", "identity", "adaptive_plr", method=method)
+
+
+def clip_attack_stage(name: str, method: str | None) -> Stage:
+    """A fresh clip classifier (F_u's R3D) trained on identity from a method's anonymised training clips (None:
+    the raw clips): the adaptive attacker that sees every frame of a clip (``train.clip_attack``)."""
+    return clip_classifier_stage(name, "clip_attack", "clip_attacker", "identity", method)
 
 
 def _recovery_loss(nets, config):
@@ -33,17 +48,11 @@ def _recovery_eval(ctx, *, method: str):
         recovered = ctx.nets.apply("recovery", net_variables(state, "recovery"), pick(to_float(batch["video"])))
         error = jnp.mean(jnp.abs(recovered - pick(to_float(batch["original"]))), axis=(1, 2, 3))
         m = batch["mask"].astype(jnp.float32)
-        return {"l1": {"correct": jnp.sum(error * m), "total": jnp.sum(m)}}
-    return ctx.evaluator(counts, "val", method, originals=True)
+        return {"l1": {"sum": jnp.sum(error * m), "count": jnp.sum(m)}}
+    return evaluator(ctx, counts, "val", method, originals=True)
 
 
 def recovery_stage(name: str, method: str) -> Stage:
     """The recovery U-Net trained (L1) from ``method``'s anonymised training frames to the original frames."""
     return Stage(name, "recovery", ("recovery",), (), "train", method, make_step(_recovery_loss),
                  functools.partial(_recovery_eval, method=method), originals=True)
-
-
-def recover(nets, variables: dict, frames: jnp.ndarray) -> jnp.ndarray:
-    """The attacker's reconstruction of float frames (..., H, W, 3), clipped to the image range."""
-    flat, lead = flatten_frames(frames)
-    return jnp.clip(nets.apply("recovery", variables, flat), 0.0, 1.0).reshape(lead + flat.shape[1:])

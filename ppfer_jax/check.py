@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from data_pipelines import synthetic
+from data_pipelines.files import write_json_atomically
 from ppfer_jax import wavelets
-from ppfer_jax.figures import frame_grid, save_png
-from ppfer_jax.files import write_json_atomically
+from ppfer_jax.figures import frame_grid, save_png, synthetic_preview
 from ppfer_jax.models import build_model
+from ppfer_jax.nets import NETWORKS, PAPER_NETWORKS
 
 NUM_CLIPS = 2
 
@@ -42,7 +43,7 @@ def run_check(config, workdir: Path) -> dict:
         rows.append(_run_model(role, config.model[spec_key], config.dtype, x, fields, init_key))
 
     workdir.mkdir(parents=True, exist_ok=True)
-    save_png(workdir / "data_preview.png", synthetic.preview_grid(spec, "train", 4))
+    save_png(workdir / "data_preview.png", synthetic_preview(spec, "train", 4))
     save_png(workdir / "bands_preview.png", _bands_figure(frames[0], low[0], high[0], rebuilt[0], low.shape[-1]))
     summary = dict(
         config=config.to_dict(),
@@ -58,21 +59,12 @@ def run_check(config, workdir: Path) -> dict:
 
 
 def _roles(config, frames, low, high):
-    """(role, config key, input, role-fixed fields) for every network of the method."""
+    """(label, config section, input, fields) for each of the paper's networks (``nets.NETWORKS``)."""
     per_frame = lambda x: x.reshape((-1,) + x.shape[-3:])  # noqa: E731  (B, T, h, w, c) -> (B*T, h, w, c)
-    first_frames = frames[:, 0]  # one frame per clip keeps paper-size checks affordable on a CPU
-    identities, expressions = config.data.num_identities, config.data.num_expressions
-    image_size = config.data.image_size
-    return [
-        ("F_lpr  low-band enhancer", "enhancer_low", per_frame(low), dict(out_channels=low.shape[-1])),
-        ("F_hpr  high-band enhancer", "enhancer_high", per_frame(high), dict(out_channels=high.shape[-1])),
-        ("C_lpr  low-band identity ctrl", "identity_controller", per_frame(low), dict(num_classes=identities)),
-        ("C_hpr  high-band identity ctrl", "identity_controller", per_frame(high), dict(num_classes=identities)),
-        ("V_pl   leakage validator", "validator", first_frames, dict(num_classes=identities)),
-        ("C_fc   expression controller", "expression_controller", first_frames, dict(num_classes=expressions)),
-        ("F_fc   feature compensator", "compensator", first_frames, dict(img_size=image_size, in_channels=3)),
-        ("F_u    utility (video FER)", "utility", frames, dict(num_classes=expressions)),
-    ]
+    # one frame per clip keeps paper-size checks affordable on a CPU
+    inputs = {"low": per_frame(low), "high": per_frame(high), "frame": frames[:, 0], "clip": frames}
+    return [(NETWORKS[name].label, NETWORKS[name].section, inputs[NETWORKS[name].input], NETWORKS[name].fields(config))
+            for name in PAPER_NETWORKS]
 
 
 def _run_model(role, spec, dtype, x, fields, key) -> dict:

@@ -4,7 +4,7 @@
 ``run`` trains every stage of the method that is not finished in ``--workdir``
 (see ``ppfer_jax.pipeline``), evaluates, writes report.md/json/png and prints
 Table 1 and Table 2. ``reproduce`` does the same, then runs the paper's baselines, threat model and ablations
-(``ppfer_jax.suite``) and writes Tables 1-4 and Figure 1 (suite_report.md, privacy_utility.png).
+(``ppfer_jax.reproduce``) and writes Tables 1-4 and Figure 1 (suite_report.md, privacy_utility.png).
 ``prepare cremad|dfew`` builds a real data set from the user's own download (CREMA-D, DFEW) as TFDS
 array_record files. ``export`` writes a finished run's
 anonymiser as an inference bundle, and ``anonymize`` turns videos into anonymised mp4s with it.
@@ -172,17 +172,17 @@ def _run(config, args) -> int:
 def _reproduce(config, args) -> int:
     import time
 
-    from ppfer_jax import suite, suite_report
+    from ppfer_jax import reproduce, reproduce_report
 
     if args.rows:
         config.suite.rows = [row.strip() for row in args.rows.split(",") if row.strip()]
     _start_training(config)
     start = time.perf_counter()
     try:
-        result = suite.reproduce(config, args.workdir)
+        result = reproduce.reproduce(config, args.workdir)
     except FloatingPointError as error:
         return _diverged("reproduce", error)
-    print("\n" + suite_report.markdown(result))
+    print("\n" + reproduce_report.markdown(result))
     print(f"\nreport: {args.workdir / 'suite_report.md'} (+ suite_report.json, privacy_utility.png, "
           f"methods_frames.png); this call {time.perf_counter() - start:.0f} s")
     return 0
@@ -197,11 +197,11 @@ def _check(config, args) -> int:
 
 def _show_data(config, args) -> int:
     from data_pipelines import synthetic
-    from ppfer_jax.figures import save_png
+    from ppfer_jax.figures import save_png, synthetic_preview
 
     if config.data.name != "synthetic":
         raise ValueError(f"show-data renders the built-in synthetic set; config data.name is {config.data.name!r}")
-    image = synthetic.preview_grid(synthetic.spec_from_config(config), args.split, args.clips)
+    image = synthetic_preview(synthetic.spec_from_config(config), args.split, args.clips)
     save_png(args.out, image)
     print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]} px, {args.clips} {args.split} clips)")
     return 0
@@ -266,23 +266,24 @@ def _prepare(config, args) -> int:
 def _export(config, args) -> int:
     from absl import logging as absl_logging
 
-    from ppfer_jax import export
+    from ppfer_jax import bundle, export
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-restore read-only notices
     out = export.export(args.workdir, args.out, with_utility=args.with_utility, overwrite=args.overwrite,
                         method=args.method)
-    print(export.format_summary(export.load_bundle(out)))
+    print(bundle.format_summary(bundle.load_bundle(out)))
     return 0
 
 
 def _anonymize(config, args) -> int:
-    from ppfer_jax import anonymize, export
+    from ppfer_jax import anonymize
+    from ppfer_jax.bundle import load_bundle
 
     if args.batch_clips < 1:
         raise ValueError(f"--batch-clips: expected a positive number of clips, got {args.batch_clips}")
     if args.fps <= 0:
         raise ValueError(f"--fps: expected a positive frame rate, got {args.fps}")
-    bundle = export.load_bundle(args.bundle)
+    bundle = load_bundle(args.bundle)
     results, failures = anonymize.anonymize_all(bundle, args.inputs, args.out, predictions=args.predictions,
                                                 keep_size=args.keep_size, full_colour=args.full_colour, fps=args.fps,
                                                 batch_clips=args.batch_clips)

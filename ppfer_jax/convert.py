@@ -28,7 +28,7 @@ import numpy as np
 from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from ppfer_jax.files import write_atomically, write_json_atomically
+from data_pipelines.files import write_atomically, write_json_atomically
 
 _RESNET = [(r"^conv1\.", "stem_conv."), (r"^bn1\.", "stem_bn."), (r"^stem\.0\.", "stem_conv."),
            (r"^stem\.1\.", "stem_bn."), (r"^layer(\d)\.(\d+)\.", r"stage\1_block\2."),

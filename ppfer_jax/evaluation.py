@@ -1,10 +1,15 @@
-"""The ``evaluate`` stage: Table 1 / Table 2 numbers on the test split through the whole chain.
+"""The evaluation loop every stage and report shares, and the row scoring of Tables 1-4.
 
-Rows: No privacy (raw clips), ``ppfer`` (the paper's Algorithm 1) and ``ppfer_robust`` (``methods/robust.py``).
-Every privacy number names its attacker:
+``evaluator`` is the one loop: a jitted ``counts_fn(state, batch)`` over a split, padded batches masked, summed
+over batches and processes. Its contract: every metric is ``{"sum", "count"}`` and comes back as sum / count; a
+bare array (a confusion matrix) is a tally and comes back summed; arrays under ``GATHER`` come back row by row
+(masked rows dropped, every process's rows), for attackers fit after the pass.
 
-* PLR: the frozen V_pl on ONE frame per test clip (the fixed ``eval_frame`` drawn from the config seed),
-  compensated or raw. Chance is 1 / number of identities.
+A row of Table 1 (and of ``reproduce``'s tables) is scored by ``row_counts``, one way for every row. Every privacy
+number names its attacker:
+
+* PLR: the frozen V_pl on ONE frame per test clip (the fixed ``eval_frame`` drawn from the config seed). Chance
+  is 1 / number of identities.
 * permuted PLR (the relabelling check, no training): V_pl's confusion matrix scored under the best one-to-one
   relabelling. A PLR at chance with a high permuted PLR means the enhancers relabel people, not hide them.
 * adaptive PLR: a fresh identity classifier (V_pl's architecture) trained on the row's anonymised training
@@ -12,11 +17,12 @@ Every privacy number names its attacker:
 * adaptive clip PLR: a fresh clip classifier (F_u's R3D) trained on identity from the row's anonymised
   training clips, on whole test clips.
 * ACC / per-class ACC: F_u trained on the row's (anonymised, uint8) training clips, on its test clips.
-* SSIM / PSNR between original and compensated (C) and privacy-preserved (G) test frames, all frames,
-  images clipped to [0, 1].
+* SSIM / PSNR between original and anonymised frames, all frames, images clipped to [0, 1].
 
-``evaluate_method`` scores one row of ``ppfer-jax reproduce`` (a baseline or an ablation) the same way on
-that method's anonymised test clips, plus its recovery attacker's reconstructions (Table 3).
+``evaluate`` makes ``ppfer-jax run``'s numbers: No privacy and the method rows in one pass over the test clips
+(anonymised on the fly, rounded to uint8 as stored), plus what only that pass sees (V_pl and SSIM on G, before
+compensation). ``evaluate_method`` scores one row of ``ppfer-jax reproduce`` on its stored anonymised test clips,
+plus its recovery attacker's reconstructions (Table 3).
 """
 
 from __future__ import annotations
@@ -24,92 +30,130 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.multihost_utils import process_allgather
 
-from data_pipelines.loader import iterate_once
+from data_pipelines.labels import EXPRESSIONS
+from data_pipelines.loader import MASK, iterate_once
 from ppfer_jax import metrics, wavelets
-from ppfer_jax.attacks import recover
-from ppfer_jax.methods.ppfer import Context, compensated_clips, pick_frames, to_float, to_uint8
-from ppfer_jax.methods.registry import ANONYMISER_STAGES, METHOD_ROWS
+from ppfer_jax.nets import compensated_clips, flatten_frames, pick_frames, to_float, to_uint8
 from ppfer_jax.parallel import global_batch
 from ppfer_jax.training import read_summary
 
+GATHER = "gathered"
 
-def evaluate(ctx: Context) -> dict:
-    """All numbers of the report, as plain Python floats/lists."""
+
+def evaluator(ctx, counts_fn, split: str, method: str | None = None, *, originals: bool = False):
+    """eval_fn(state) -> {metric: value}: ``counts_fn`` over one pass of a split (raw, or anonymised by
+    ``method``; ``originals``: batches also hold the raw clips), under the contract above."""
+    jitted = jax.jit(counts_fn)
+
+    def eval_fn(state) -> dict:
+        sums, gathered = None, []
+        for batch in iterate_once(ctx.source(split, method, with_originals=originals), ctx.eval_batch_size):
+            batch = global_batch(batch, ctx.mesh)
+            out = jitted(state, batch)
+            if GATHER in out:
+                rows = process_allgather({**out.pop(GATHER), MASK: batch[MASK]}, tiled=True)
+                keep = np.asarray(rows.pop(MASK), bool)
+                gathered.append({k: np.asarray(v)[keep] for k, v in rows.items()})
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+        result = summarise(jax.device_get(sums))
+        if gathered:
+            result[GATHER] = {k: np.concatenate([part[k] for part in gathered]) for k in gathered[0]}
+        return result
+    return eval_fn
+
+
+def summarise(sums: dict) -> dict:
+    """Summed counts to numbers: {sum, count} -> sum / count, a bare array stays a tally, a dict of metrics (a
+    row) is summarised in turn."""
+    def one(v):
+        if isinstance(v, dict) and set(v) == {"sum", "count"}:
+            return metrics.ratio(v["sum"], v["count"])
+        if isinstance(v, dict):
+            return summarise(v)
+        return np.asarray(v)
+    return {name: one(v) for name, v in sums.items()}
+
+
+def row_counts(nets, config, v: dict, video, batch) -> dict:
+    """One row's counts on its (anonymised) float test clips: V_pl's PLR with its confusion, F_u's ACC per
+    class, and the frame / clip attackers of ``v`` where it holds them."""
+    ids, exprs, mask = batch["identity"], batch["expression"], batch["mask"]
+    frame = pick_frames(video, batch["eval_frame"])
+    validator = nets.apply("v_pl", v["v_pl"], frame)
+    utility = nets.apply("f_u", v["f_u"], video)
+    out = {"plr": metrics.correct_counts(validator, ids, mask),
+           "confusion": metrics.confusion_counts(validator, ids, config.data.num_identities, mask),
+           "acc": metrics.correct_counts(utility, exprs, mask),
+           "per_class": metrics.per_class_counts(jnp.argmax(utility, -1), exprs, config.data.num_expressions,
+                                                 mask)}
+    if "attacker" in v:
+        out["adaptive_plr"] = metrics.correct_counts(nets.apply("attacker", v["attacker"], frame), ids, mask)
+    if "clip_attacker" in v:
+        out["adaptive_plr_clip"] = metrics.correct_counts(nets.apply("clip_attacker", v["clip_attacker"], video),
+                                                          ids, mask)
+    return out
+
+
+def table1_row(numbers: dict, *, raw: bool = False) -> dict:
+    """A row's Table 1 numbers from its summarised counts (None: no such attacker); on raw clips the frame
+    attacker trained afresh on raw frames is V_pl itself."""
+    number = lambda key: float(numbers[key]) if key in numbers else None  # noqa: E731
+    return {"plr": number("plr"), "plr_permuted": metrics.permuted_accuracy(numbers["confusion"]),
+            "adaptive_plr": number("plr" if raw else "adaptive_plr"),
+            "adaptive_plr_clip": number("adaptive_plr_clip"), "acc": number("acc")}
+
+
+def evaluate(ctx, anonymiser_stages: dict, method_rows: dict) -> dict:
+    """All numbers of ``ppfer-jax run``'s report, as plain Python floats/lists: No privacy and each method row
+    (``method_rows``: row -> its utility / adaptive / clip stages; ``anonymiser_stages``: row -> the stage of
+    each of its anonymiser networks)."""
     nets, config = ctx.nets, ctx.config
     num_expr, num_ids = config.data.num_expressions, config.data.num_identities
-    variables = {"v_pl": ctx.network("v_pl"), "f_u": ctx.network("f_u", "no_privacy"),
-                 "clip_attacker": ctx.network("clip_attacker", "attack/clip_raw")}
-    for method, stages in METHOD_ROWS.items():
+    variables = {"no_privacy": {"v_pl": ctx.network("v_pl"), "f_u": ctx.network("f_u", "no_privacy"),
+                                "clip_attacker": ctx.network("clip_attacker", "attack/clip_raw")}}
+    for method, stages in method_rows.items():
         variables[method] = {
-            **{n: ctx.network(n, stage) for n, stage in ANONYMISER_STAGES[method].items()},
-            "f_u": ctx.network("f_u", stages["utility"]), "attacker": ctx.network("attacker", stages["adaptive"]),
+            **{n: ctx.network(n, stage) for n, stage in anonymiser_stages[method].items()},
+            "v_pl": variables["no_privacy"]["v_pl"], "f_u": ctx.network("f_u", stages["utility"]),
+            "attacker": ctx.network("attacker", stages["adaptive"]),
             "clip_attacker": ctx.network("clip_attacker", stages["clip"])}
-
-    def row_counts(v, clips, pick, batch) -> dict:
-        """One row's counts on its (anonymised) test clips: PLR with its confusion, attackers, ACC."""
-        ids, exprs, mask = batch["identity"], batch["expression"], batch["mask"]
-        validator = nets.apply("v_pl", v["v_pl"], pick(clips))
-        utility = nets.apply("f_u", v["f_u"], clips)
-        return {"plr": metrics.correct_counts(validator, ids, mask),
-                "confusion": metrics.confusion_counts(validator, ids, num_ids, mask),
-                "adaptive_plr_clip": metrics.correct_counts(nets.apply("clip_attacker", v["clip_attacker"], clips),
-                                                            ids, mask),
-                "acc": metrics.correct_counts(utility, exprs, mask),
-                "per_class": metrics.per_class_counts(jnp.argmax(utility, -1), exprs, num_expr, mask)}
 
     def counts(v, batch):
         frames = to_float(batch["video"])
-        pick = lambda x: pick_frames(x, batch["eval_frame"])  # noqa: E731
-        out = {"no_privacy": row_counts(v, frames, pick, batch)}
-        for method in METHOD_ROWS:
-            mv = {**v[method], "v_pl": v["v_pl"]}
+        out = {"no_privacy": row_counts(nets, config, v["no_privacy"], frames, batch)}
+        for method in method_rows:
+            mv = v[method]
             g = nets.privatize(mv, frames)
             c = to_float(to_uint8(nets.compensate(mv["f_fc"], g)))  # the anonymised video, as stored
-            out[method] = {**row_counts(mv, c, pick, batch),
-                           "adaptive_plr": metrics.correct_counts(nets.apply("attacker", mv["attacker"], pick(c)),
-                                                                  batch["identity"], batch["mask"]),
-                           "plr_g": metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(g)),
+            out[method] = {**row_counts(nets, config, mv, c, batch),
+                           "plr_g": metrics.correct_counts(nets.apply("v_pl", mv["v_pl"],
+                                                                      pick_frames(g, batch["eval_frame"])),
                                                            batch["identity"], batch["mask"]),
                            **_similarity_counts("c", frames, c, batch["mask"]),
                            **_similarity_counts("g", frames, g, batch["mask"])}
         return out
 
-    jitted = jax.jit(counts)
-    sums = None
-    for batch in iterate_once(ctx.source("test"), ctx.eval_batch_size):
-        out = jitted(variables, global_batch(batch, ctx.mesh))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    # {correct, total} counts become ratios and bare arrays (the confusion matrices) stay sums, as in Context.evaluator
-    r = {row: {name: metrics.ratio(v["correct"], v["total"]) if isinstance(v, dict) else np.asarray(v)
-               for name, v in row_sums.items()} for row, row_sums in sums.items()}
-
-    def table1(row: str) -> dict:
-        numbers = r[row]
-        return {"plr": numbers["plr"], "plr_permuted": metrics.permuted_accuracy(numbers["confusion"]),
-                # on raw clips the frame attacker trained afresh on raw frames is V_pl itself
-                "adaptive_plr": numbers.get("adaptive_plr", numbers["plr"]),
-                "adaptive_plr_clip": numbers["adaptive_plr_clip"], "acc": numbers["acc"]}
-
+    r = evaluator(ctx, counts, "test")(variables)
     identity = read_summary(ctx.workdir, "pretrain/identity")["eval"]
     privacy = read_summary(ctx.workdir, "s1/privacy")
     robust = read_summary(ctx.workdir, "robust/privacy")
     expression = read_summary(ctx.workdir, "pretrain/expression")["eval"]
-    rows = ("no_privacy",) + tuple(METHOD_ROWS)
+    rows = ("no_privacy",) + tuple(method_rows)
     return {
         "data": f"{config.data.name} test split",
-        "num_test_clips": int(round(float(sums["no_privacy"]["acc"]["total"]))),
+        "num_test_clips": len(ctx.source("test")),
         "num_identities": num_ids,
         "chance_plr": 1.0 / num_ids,
         "chance_acc": 1.0 / num_expr,
-        "expressions": list(_expression_names(config)),
+        "expressions": list(EXPRESSIONS[:num_expr]),
         "attackers": attacker_budgets(config),
-        "table1": {row: table1(row) for row in rows},
+        "table1": {row: table1_row(r[row], raw=row == "no_privacy") for row in rows},
         "table2": {row: [float(x) for x in r[row]["per_class"]] for row in rows},
-        "fidelity": {m: {"ssim": r[m]["ssim_c"], "psnr": r[m]["psnr_c"], "ssim_g": r[m]["ssim_g"],
-                         "psnr_g": r[m]["psnr_g"]} for m in METHOD_ROWS},
-        "plr_before_compensation": {m: r[m]["plr_g"] for m in METHOD_ROWS},
+        "fidelity": {m: {"ssim": float(r[m]["ssim_c"]), "psnr": float(r[m]["psnr_c"]),
+                         "ssim_g": float(r[m]["ssim_g"]), "psnr_g": float(r[m]["psnr_g"])} for m in method_rows},
+        "plr_before_compensation": {m: float(r[m]["plr_g"]) for m in method_rows},
         "controllers_clean_accuracy": {"C_lpr (low band)": identity["c_low_acc"],
                                        "C_hpr (high band)": identity["c_high_acc"],
                                        "V_pl (frames)": identity["v_pl_acc"],
@@ -125,7 +169,7 @@ def evaluate(ctx: Context) -> dict:
         "expression_controller": {"C_fc on clean val frames": expression["c_fc_acc_val_frames"],
                                   **{f"C_fc on {kind} ({m}, val)":
                                      read_summary(ctx.workdir, stages["f_fc"])["eval"][key]
-                                     for m, stages in ANONYMISER_STAGES.items()
+                                     for m, stages in anonymiser_stages.items()
                                      for kind, key in (("G", "c_fc_acc_on_g"), ("C", "c_fc_acc_on_c"))}},
     }
 
@@ -141,12 +185,11 @@ def attacker_budgets(config) -> dict:
             "relabelling check": "V_pl's confusion under the best one-to-one relabelling (Hungarian)"}
 
 
-def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive: str | None = None,
+def evaluate_method(ctx, method: str | None, *, utility: str, adaptive: str | None = None,
                     clip: str | None = None, recovery: str | None = None) -> dict:
-    """One row of Tables 1-4 on the test split: a method's anonymised test clips (``method``; None: the raw
-    clips) scored by the frozen V_pl (PLR, and permuted PLR: the relabelling check), the frame attacker of stage
-    ``adaptive`` and the clip attacker of stage ``clip`` (adaptive PLRs), the F_u of stage ``utility`` (ACC, per
-    class), their SSIM / PSNR to the originals, and, with a ``recovery`` stage, the recovery attacker's
+    """One row of Tables 1-4 on the test split: a method's stored anonymised test clips (``method``; None: the raw
+    clips) scored by ``row_counts`` with the F_u of stage ``utility`` and the attackers of stages ``adaptive``
+    and ``clip``, their SSIM / PSNR to the originals, and, with a ``recovery`` stage, the recovery attacker's
     reconstructions (Table 3: SSIM, PSNR, V_pl's PLR on them)."""
     nets, config = ctx.nets, ctx.config
     variables = {"v_pl": ctx.network("v_pl"), "f_u": ctx.network("f_u", utility)}
@@ -158,38 +201,23 @@ def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive:
         variables["recovery"] = ctx.network("recovery", recovery)
 
     def counts(v, batch):
-        video, mask, ids, exprs = to_float(batch["video"]), batch["mask"], batch["identity"], batch["expression"]
-        pick = lambda x: pick_frames(x, batch["eval_frame"])  # noqa: E731
-        logits = nets.apply("f_u", v["f_u"], video)
-        validator = nets.apply("v_pl", v["v_pl"], pick(video))
-        out = {"plr": metrics.correct_counts(validator, ids, mask),
-               "confusion": metrics.confusion_counts(validator, ids, config.data.num_identities, mask),
-               "acc": metrics.correct_counts(logits, exprs, mask),
-               "per_class": metrics.per_class_counts(jnp.argmax(logits, -1), exprs, config.data.num_expressions,
-                                                     mask)}
-        if "attacker" in v:
-            out["adaptive_plr"] = metrics.correct_counts(nets.apply("attacker", v["attacker"], pick(video)), ids, mask)
-        if "clip_attacker" in v:
-            out["adaptive_plr_clip"] = metrics.correct_counts(nets.apply("clip_attacker", v["clip_attacker"], video),
-                                                              ids, mask)
+        video, mask = to_float(batch["video"]), batch["mask"]
+        out = row_counts(nets, config, v, video, batch)
         if "original" in batch:
             original = to_float(batch["original"])
             out.update(_similarity_counts("anonymised", original, video, mask))
             if "recovery" in v:
                 recovered = recover(nets, v["recovery"], video)
                 out.update(_similarity_counts("recovered", original, recovered, mask))
-                out["plr_recovered"] = metrics.correct_counts(nets.apply("v_pl", v["v_pl"], pick(recovered)), ids,
-                                                              mask)
+                out["plr_recovered"] = metrics.correct_counts(
+                    nets.apply("v_pl", v["v_pl"], pick_frames(recovered, batch["eval_frame"])), batch["identity"],
+                    mask)
         return out
 
-    r = ctx.evaluator(counts, "test", method, originals=method is not None)(variables)
+    r = evaluator(ctx, counts, "test", method, originals=method is not None)(variables)
     number = lambda key: float(r[key]) if key in r else None  # noqa: E731
     return {
-        "plr": number("plr"),
-        "plr_permuted": metrics.permuted_accuracy(r["confusion"]),
-        "adaptive_plr": number("adaptive_plr") if adaptive else (number("plr") if method is None else None),
-        "adaptive_plr_clip": number("adaptive_plr_clip"),
-        "acc": number("acc"),
+        **table1_row(r, raw=method is None),
         "per_class": [float(x) for x in r["per_class"]],
         "ssim": number("ssim_anonymised"), "psnr": number("psnr_anonymised"),
         "recovery": ({"ssim": number("ssim_recovered"), "psnr": number("psnr_recovered"),
@@ -197,16 +225,22 @@ def evaluate_method(ctx: Context, method: str | None, *, utility: str, adaptive:
     }
 
 
+def recover(nets, variables: dict, frames: jax.Array) -> jax.Array:
+    """The recovery attacker's reconstruction of float frames (..., H, W, 3), clipped to the image range."""
+    flat, lead = flatten_frames(frames)
+    return jnp.clip(nets.apply("recovery", variables, flat), 0.0, 1.0).reshape(lead + flat.shape[1:])
+
+
 def _similarity_counts(name: str, original: jax.Array, other: jax.Array, mask: jax.Array) -> dict:
     """Summed SSIM and PSNR over every frame of the unmasked clips (B, T, H, W, 3)."""
     frame_mask = jnp.broadcast_to(mask[:, None], original.shape[:2]).astype(jnp.float32)
-    return {f"{kind}_{name}": {"correct": jnp.sum(fn(original, other) * frame_mask), "total": jnp.sum(frame_mask)}
+    return {f"{kind}_{name}": {"sum": jnp.sum(fn(original, other) * frame_mask), "count": jnp.sum(frame_mask)}
             for kind, fn in (("ssim", metrics.ssim), ("psnr", metrics.psnr))}
 
 
-def figure_rows(ctx: Context, num_clips: int) -> tuple[list[np.ndarray], list[str]]:
+def figure_rows(ctx, anonymiser_stages: dict, num_clips: int) -> tuple[list[np.ndarray], list[str]]:
     """For the first test clips of different people: original, low band, |high band|, then G and C of each method
-    row (float, [0, 1])."""
+    row (``anonymiser_stages``: row -> the stage of each anonymiser network), float in [0, 1]."""
     source = ctx.source("test")
     indices, seen = [], set()
     for index in range(len(source)):
@@ -219,13 +253,13 @@ def figure_rows(ctx: Context, num_clips: int) -> tuple[list[np.ndarray], list[st
     video = jnp.asarray(np.stack([source[i]["video"] for i in indices]))
     nets = ctx.nets
     frames = to_float(video)
-    low, high = nets.split(frames.reshape((-1,) + frames.shape[2:]))
+    low, high = nets.bands(frames.reshape((-1,) + frames.shape[2:]))
     shape = frames.shape
     full = lambda band: jnp.repeat(jnp.repeat(band, 2, axis=-3), 2, axis=-2).reshape(shape)  # noqa: E731
     detail = sum(jnp.abs(b) for b in jnp.split(high, wavelets.num_high_bands(False), axis=-1))
     shown = [("original", frames), ("low band /2", full(low) / 2.0),
              ("|high band|", full(detail) / jnp.maximum(jnp.max(detail), 1e-6))]
-    for method, stages in ANONYMISER_STAGES.items():
+    for method, stages in anonymiser_stages.items():
         variables = {n: ctx.network(n, stage) for n, stage in stages.items()}
         shown += [(f"{method} G", nets.privatize(variables, frames)),
                   (f"{method} C", compensated_clips(nets, variables, video))]
@@ -236,7 +270,3 @@ def figure_rows(ctx: Context, num_clips: int) -> tuple[list[np.ndarray], list[st
             labels.append(f"clip {index}: {name}")
     return rows, labels
 
-
-def _expression_names(config):
-    from data_pipelines.synthetic import EXPRESSIONS
-    return EXPRESSIONS[: config.data.num_expressions]

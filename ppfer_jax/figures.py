@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ppfer_jax.files import write_atomically
+from data_pipelines.files import write_atomically
 
 _GAP = 2  # pixels between frames and rows, before scaling
 _LABEL_PAD = 4  # pixels around a row label
@@ -66,6 +66,14 @@ def frame_grid(rows: Sequence[np.ndarray], row_labels: Sequence[str] | None = No
         row_middle = _GAP + r * (cell_h + _GAP) + cell_h // 2
         draw.text((_LABEL_PAD, row_middle - (text_top + text_bottom) // 2), label, fill=_TEXT_COLOUR, font=font)
     return np.asarray(image)
+
+
+def synthetic_preview(spec, split: str, num_clips: int) -> np.ndarray:
+    """A labelled uint8 image of ``num_clips`` clips of a synthetic split (``synthetic.preview_clips``)."""
+    from data_pipelines import synthetic
+
+    clips, labels = synthetic.preview_clips(spec, split, num_clips)
+    return frame_grid(clips, row_labels=labels, scale=max(1, 128 // spec.image_size))
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """Evaluation metrics: accuracy, per-class accuracy, the relabelling check, SSIM and PSNR (dm-pix).
 
-Counting functions return sums (correct, total) rather than means, so that
+Counting functions return {sum, count} rather than means (``evaluation.evaluator``'s contract), so that
 batches padded by ``iterate_once`` (``mask`` False) and batches from several
 processes add up exactly; ``ratio`` turns the sums into a number at the end.
 """
@@ -18,24 +18,24 @@ def _mask(labels: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 
 def correct_counts(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> dict[str, jax.Array]:
-    """{'correct', 'total'} of argmax(logits) == labels over the masked examples."""
+    """{'sum': correct, 'count': examples} of argmax(logits) == labels over the masked examples."""
     m = _mask(labels, mask)
-    return {"correct": jnp.sum((jnp.argmax(logits, -1) == labels) * m), "total": jnp.sum(m)}
+    return {"sum": jnp.sum((jnp.argmax(logits, -1) == labels) * m), "count": jnp.sum(m)}
 
 
 def accuracy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     counts = correct_counts(logits, labels, mask)
-    return counts["correct"] / jnp.maximum(counts["total"], 1.0)
+    return counts["sum"] / jnp.maximum(counts["count"], 1.0)
 
 
 def per_class_counts(predictions: jax.Array, labels: jax.Array, num_classes: int,
                      mask: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Per true class: {'correct': (K,), 'total': (K,)} for integer predictions."""
+    """Per true class: {'sum': correct (K,), 'count': examples (K,)} for integer predictions."""
     m = _mask(labels, mask)
     one_hot = jax.nn.one_hot(labels, num_classes) * m[..., None]
     hit = (predictions == labels).astype(jnp.float32)[..., None]
     axes = tuple(range(labels.ndim))
-    return {"correct": jnp.sum(one_hot * hit, axis=axes), "total": jnp.sum(one_hot, axis=axes)}
+    return {"sum": jnp.sum(one_hot * hit, axis=axes), "count": jnp.sum(one_hot, axis=axes)}
 
 
 def confusion_counts(logits: jax.Array, labels: jax.Array, num_classes: int,
@@ -76,7 +76,7 @@ def per_class_accuracy(predictions, labels, num_classes: int, mask=None) -> np.n
     """Recall of each true class (NaN for a class with no example): Table 2's columns."""
     counts = jax.device_get(per_class_counts(jnp.asarray(predictions), jnp.asarray(labels), num_classes,
                                              None if mask is None else jnp.asarray(mask)))
-    return ratio(counts["correct"], counts["total"])
+    return ratio(counts["sum"], counts["count"])
 
 
 def ratio(correct, total) -> np.ndarray | float:

@@ -1,7 +1,8 @@
 """The stage graph of ``ppfer-jax run``: runs the stages in order, skips finished ones, re-runs one on request.
 
-Order: ``registry.STAGES`` (the pretraining, the paper's s1-s3, no_privacy, the attackers, then the
-``ppfer_robust`` row's stages), then evaluate. A stage is
+Order: ``recipes/run.py``'s ``STAGES`` (the pretraining, the paper's s1-s3, no_privacy, the attackers, then the
+``ppfer_robust`` row's stages), then evaluate. ``StageRunner`` is the one loop that trains what is missing and
+times it, for ``run`` and ``reproduce`` alike. A stage is
 finished when its ``DONE.json`` exists (``evaluate``: ``evaluate/results.json``);
 a killed stage resumes from its last checkpoint (see ``training.fit``).
 ``rerun=NAME`` deletes that stage and every stage downstream of it (whose
@@ -21,23 +22,25 @@ from pathlib import Path
 
 import jax
 
+from data_pipelines.files import write_json_atomically
 from ppfer_jax import evaluation, report
-from ppfer_jax.files import write_json_atomically
-from ppfer_jax.methods import ppfer, registry
 from ppfer_jax.parallel import mesh_from_config
+from ppfer_jax.recipes import run as recipe
+from ppfer_jax.stage import Stage, train_stage
+from ppfer_jax.training import is_complete, read_summary
 
 EVALUATE = "evaluate"
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.json"
-STAGE_NAMES = tuple(s.name for s in registry.STAGES) + (EVALUATE,)
+STAGE_NAMES = tuple(s.name for s in recipe.STAGES) + (EVALUATE,)
 
 
 def dependencies(name: str) -> set[str]:
     """Stages whose outputs ``name`` reads directly."""
     if name == EVALUATE:
-        return {s.name for s in registry.STAGES}
-    stage = registry.STAGE_BY_NAME[name]
-    anonymiser = set(registry.ANONYMISER_STAGES[stage.anonymised].values()) if stage.anonymised else set()
+        return {s.name for s in recipe.STAGES}
+    stage = recipe.STAGE_BY_NAME[name]
+    anonymiser = set(recipe.ANONYMISER_STAGES[stage.method].values()) if stage.method else set()
     return {stage.source_of(n) for n in stage.frozen} | anonymiser | set(stage.init_from.values())
 
 
@@ -99,36 +102,52 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         for name in downstream(rerun):
             shutil.rmtree(workdir / name, ignore_errors=True)
         print(f"re-running {', '.join(downstream(rerun))}")
-    ctx = ppfer.Context(config, workdir, mesh or mesh_from_config(config))
-    timings = load_timings(workdir)
+    ctx = recipe.context(config, workdir, mesh or mesh_from_config(config))
+    runner = StageRunner(ctx)
     for name in downstream(rerun) if rerun is not None else ():
-        timings.pop(name, None)
-    for stage in registry.STAGES:
-        if (workdir / stage.name / "DONE.json").exists():
-            continue
-        start = time.perf_counter()
-        steps = (stop_after or {}).get(stage.name)
-        ppfer.run_stage(ctx, stage, stop_after=steps)
-        if not (workdir / stage.name / "DONE.json").exists():
+        runner.timings.pop(name, None)
+    for stage in recipe.STAGES:
+        if runner.run(stage, stop_after=(stop_after or {}).get(stage.name)) is None:
             return None  # stopped early on request
-        timings[stage.name] = time.perf_counter() - start + timings.get(stage.name, 0.0)
-        save_timings(workdir, timings)
     results_path = workdir / EVALUATE / RESULTS_FILE
     if results_path.exists():
         results = json.loads(results_path.read_text())
     else:
         start = time.perf_counter()
-        results = evaluation.evaluate(ctx)
-        timings[EVALUATE] = time.perf_counter() - start
-        save_timings(workdir, timings)
+        results = evaluation.evaluate(ctx, recipe.ANONYMISER_STAGES, recipe.METHOD_ROWS)
+        runner.record(EVALUATE, time.perf_counter() - start)
         if jax.process_index() == 0:
             write_json_atomically(results_path, results)
-    own = {name: seconds for name, seconds in timings.items() if name in STAGE_NAMES}  # not `reproduce`'s rows
+    own = {name: seconds for name, seconds in runner.timings.items() if name in STAGE_NAMES}  # not reproduce's rows
     full = report.build(results, json.loads((workdir / CONFIG_FILE).read_text()), own)
     if jax.process_index() == 0:
-        figure = evaluation.figure_rows(ctx, config.evaluate.figure_clips) if make_figure else None
+        figure = (evaluation.figure_rows(ctx, recipe.ANONYMISER_STAGES, config.evaluate.figure_clips)
+                  if make_figure else None)
         report.write(workdir, full, figure)
     return full
+
+
+class StageRunner:
+    """Trains the stages a workdir is missing, each once, and keeps ``timings.json`` (a resumed stage's time adds
+    to the time it ran before)."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.timings = load_timings(ctx.workdir)
+
+    def run(self, stage: Stage, *, stop_after: int | None = None) -> dict | None:
+        """The stage's summary, training it first if it is not finished; None if ``stop_after`` stopped it."""
+        if not is_complete(self.ctx.workdir, stage.name):
+            start = time.perf_counter()
+            train_stage(self.ctx, stage, stop_after=stop_after)
+            if not is_complete(self.ctx.workdir, stage.name):
+                return None
+            self.record(stage.name, time.perf_counter() - start + self.timings.get(stage.name, 0.0))
+        return read_summary(self.ctx.workdir, stage.name)
+
+    def record(self, name: str, seconds: float) -> None:
+        self.timings[name] = seconds
+        save_timings(self.ctx.workdir, self.timings)
 
 
 def load_timings(workdir: Path) -> dict:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ppfer_jax.figures import frame_grid, save_png
-from ppfer_jax.files import write_text_atomically
+from data_pipelines.files import write_text_atomically
 
 # The paper's published CREMA-D numbers (91 identities, chance PLR 1.099%): Tables 1 and 2.
 PAPER = {

@@ -8,6 +8,7 @@ checkpoints, resumes after a crash and marks the stage done.
 Layout under ``workdir/<stage>/``::
 
     metrics.jsonl                   one JSON record per train log / evaluation
+    events.out.tfevents.*           the same numbers as TensorBoard scalars (train/<name>, eval/<name>)
     checkpoints/latest/<step>/      state, data (grain iterator position), meta
     checkpoints/best/<step>/        the same, at the best evaluation so far
     DONE.json                       the summary, written last and atomically
@@ -41,9 +42,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, Sharding
+from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
-from ppfer_jax.files import write_json_atomically, write_text_atomically
+from data_pipelines.files import write_json_atomically, write_text_atomically
 from ppfer_jax.parallel import batch_sharding, global_batch, replicated, step_rng
 
 METRICS_FILE = "metrics.jsonl"
@@ -230,10 +232,9 @@ class _Loop:
         self.committed_best = _best_step(record)
         self.checkpoints.keep_best({self.committed_best})
         stop_at = num_steps if stop_after is None else min(num_steps, record.step + stop_after)
-        self.log.truncate_after(record.step)
         bar = tqdm(total=num_steps, initial=record.step, desc=self.stage, unit="step", dynamic_ncols=True,
                    disable=None if _is_main_process() else True)
-        with self.log, bar:
+        with self.log.resume_at(record.step), bar:
             while record.step < stop_at:
                 batch = global_batch(next(train_data), mesh)
                 state, metrics = compiled_step(state, batch, key_for_step(record.step))
@@ -313,36 +314,58 @@ class _TrainWindow:
 
 
 class _MetricsLog:
-    """``metrics.jsonl``: one JSON record per line, appended and flushed as it happens (process 0 only)."""
+    """``metrics.jsonl``: one JSON record per line, appended and flushed as it happens (process 0 only);
+    and the same numbers as TensorBoard scalars in an event file beside it, without TensorFlow (tensorboardX).
+
+    Each record's finite scalars (its metrics and extras such as steps_per_sec) become ``<split>/<name>`` at
+    the record's step and wall time, as float32 (TensorBoard's simple_value); arrays and non-finite values are
+    left out. Every ``fit`` call starts a new event file whose first event purges the steps after the resumed
+    one (tensorboardX's ``purge_step``: TensorBoard drops the old files' events at steps >= it), so the
+    steps a resumed run recomputes appear once, with the new values, as in metrics.jsonl. The file name
+    carries a nanosecond suffix: tensorboardX names files by the second and would overwrite an earlier
+    call's file from the same second, and the suffix keeps names sorting in the order they were written.
+    """
 
     def __init__(self, path: Path, enabled: bool):
         self.path = path
         self.enabled = enabled
         self.file = None
+        self.events = None
+        self.resumed_step = 0
 
-    def truncate_after(self, step: int) -> None:
-        """Drops records past ``step`` (to be recomputed by a resumed run) and any torn last line."""
-        if not self.enabled or not self.path.exists():
-            return
-        kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                if (record := _parse_record(line)) is not None and record["step"] <= step]
-        write_text_atomically(self.path, "".join(kept))
+    def resume_at(self, step: int) -> _MetricsLog:
+        """Drops records past ``step`` (to be recomputed by a resumed run) and any torn last line;
+        the event file opened on entering purges them in TensorBoard."""
+        self.resumed_step = step
+        if self.enabled and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if (record := _parse_record(line)) is not None and record["step"] <= step]
+            write_text_atomically(self.path, "".join(kept))
+        return self
 
     def write(self, step: int, split: str, metrics: Metrics, **extra: float) -> None:
         if self.enabled:
             record = {"step": step, "split": split, "metrics": metrics, **extra, "wall_time": time.time()}
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+            for name, value in {**metrics, **extra}.items():
+                if _is_finite_scalar(value):
+                    self.events.add_scalar(f"{split}/{name}", float(value), step, walltime=record["wall_time"])
+            self.events.flush()
 
     def __enter__(self):
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = self.path.open("a")
+            self.events = SummaryWriter(str(self.path.parent), purge_step=self.resumed_step + 1,
+                                        filename_suffix=f".{time.time_ns()}")
         return self
 
     def __exit__(self, *exc_info):
         if self.file is not None:
             self.file.close()
+        if self.events is not None:
+            self.events.close()
 
 
 class _Checkpoints:
@@ -452,6 +475,14 @@ def _parse_record(line: str) -> dict | None:
         return json.loads(line)
     except json.JSONDecodeError:
         return None
+
+
+def _is_finite_scalar(value) -> bool:
+    try:
+        array = np.asarray(value)
+    except ValueError:  # a ragged list
+        return False
+    return array.ndim == 0 and array.dtype.kind in "biuf" and bool(np.isfinite(array))
 
 
 def _is_main_process() -> bool:

@@ -1,5 +1,6 @@
 """Shared test setup: CPU only, a persistent XLA compile cache, absl flags parsed for grain workers, and one
-finished tiny run (with its exported bundle) for the tests that need trained networks."""
+finished tiny run (with its exported bundle) for the tests that need trained networks. Tests that need that run
+are marked ``slow``: ``pytest -m "not slow"`` is the fast tier."""
 
 import os
 import tempfile
@@ -19,15 +20,49 @@ flags.FLAGS.mark_as_parsed()
 TINY = "configs/synthetic.py:tiny"
 
 
+SLOW_FIXTURES = {"tiny_run", "tiny_run_and_reads", "tiny_bundle"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """The workdir of one finished ``ppfer-jax run`` of the tiny config (about a minute), shared by the session."""
-    from ppfer_jax import pipeline
+def tiny_run_and_reads(tmp_path_factory):
+    """One finished ``ppfer-jax run`` of the tiny config (a few minutes), shared by the session: its workdir, its
+    report, and which data split each stage read (the evaluation is stage None). Every read of a data split goes
+    through ``context.load_split`` (``test_layout`` checks that nothing else in the package imports it)."""
+    from ppfer_jax import context, pipeline
     from ppfer_jax.config import load_config
 
     workdir = tmp_path_factory.mktemp("tiny_run")
-    pipeline.run(load_config(TINY), workdir, make_figure=False)
-    return workdir
+    reads, current = [], [None]
+    load_split, train_stage = context.load_split, pipeline.train_stage
+
+    def recording_load_split(config, split):
+        reads.append((current[0], split))
+        return load_split(config, split)
+
+    def recording_train_stage(ctx, stage, **kwargs):
+        current[0] = stage.name
+        try:
+            return train_stage(ctx, stage, **kwargs)
+        finally:
+            current[0] = None
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(context, "load_split", recording_load_split)
+        patch.setattr(pipeline, "train_stage", recording_train_stage)
+        report = pipeline.run(load_config(TINY), workdir)
+    return workdir, report, reads
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_and_reads):
+    """The workdir of the finished tiny run."""
+    return tiny_run_and_reads[0]
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import numpy as np
 from jax.experimental.multihost_utils import process_allgather
 
 from ppfer_jax.config import load_config
-from ppfer_jax.methods import ppfer
+from ppfer_jax.recipes import run
+from ppfer_jax.stage import train_stage
 from ppfer_jax.parallel import initialize_distributed, mesh_from_config, path_name
 
 STAGE = "pretrain/identity"
@@ -29,8 +30,8 @@ def main(process_id: int, port: int, workdir: str) -> None:
         "distributed.num_processes=2", f"distributed.process_id={process_id}"])
     initialize_distributed(config)
     assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.device_count())
-    ctx = ppfer.Context(config, workdir, mesh_from_config(config))
-    ppfer.run_stage(ctx, ppfer.STAGE_BY_NAME[STAGE])
+    ctx = run.context(config, workdir, mesh_from_config(config))
+    train_stage(ctx, run.STAGE_BY_NAME[STAGE])
     params = process_allgather(ctx.load(STAGE).params, tiled=True)
     if process_id == 0:
         leaves = jax.tree_util.tree_leaves_with_path(params)

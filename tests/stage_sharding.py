@@ -17,7 +17,9 @@ import numpy as np
 
 from data_pipelines.loader import make_iterator
 from ppfer_jax.config import load_config
-from ppfer_jax.methods import ppfer
+from data_pipelines.sources import load_split
+from ppfer_jax.recipes import run
+from ppfer_jax.stage import shape_state, stage_key, stage_optimizer, state_sharding, train_stage
 from ppfer_jax.parallel import FSDP_AXIS, global_batch, make_mesh
 from ppfer_jax.training import compile_step
 
@@ -36,16 +38,16 @@ def meshes() -> dict:
 
 def run_steps(config, stage, mesh, workdir):
     """Two steps of ``stage`` from its fresh state (fresh frozen nets too) on the first two batches."""
-    ctx = ppfer.Context(config, workdir, mesh)
-    sharding = ctx.state_sharding(stage)
-    state = jax.jit(ctx.shape_state(stage), out_shardings=sharding)()
-    tx = ppfer.stage_optimizer(config, stage)
+    ctx = run.context(config, workdir, mesh)
+    sharding = state_sharding(ctx.nets, ctx.mesh, stage)
+    state = jax.jit(shape_state(ctx.nets, stage), out_shardings=sharding)()
+    tx = stage_optimizer(config, stage)
     step = compile_step(stage.step(ctx.nets, config, tx), mesh, sharding)
-    data = make_iterator(ppfer.load_split(config, stage.split), batch_size=BATCH, seed=0, shard_index=0,
+    data = make_iterator(load_split(config, stage.split), batch_size=BATCH, seed=0, shard_index=0,
                          shard_count=1)
     losses = []
     for k in range(STEPS):
-        state, metrics = step(state, global_batch(next(data), mesh), jax.random.fold_in(ppfer.stage_key(config,
+        state, metrics = step(state, global_batch(next(data), mesh), jax.random.fold_in(stage_key(config,
                                                                                                        stage.name), k))
         losses.append(float(metrics["loss"]))
     return state, losses
@@ -72,7 +74,7 @@ def split_leaves(state) -> list:
 def compare_stages(names: list[str]) -> None:
     config = load_config("configs/synthetic.py:tiny", OVERRIDES)
     with tempfile.TemporaryDirectory() as workdir:
-        for stage in (ppfer.STAGE_BY_NAME[name] for name in names):
+        for stage in (run.STAGE_BY_NAME[name] for name in names):
             states = {name: run_steps(config, stage, mesh, workdir) for name, mesh in meshes().items()}
             single, single_losses = states["one"]
             report = {"stage": stage.name, "losses": {name: losses for name, (_, losses) in states.items()},
@@ -86,14 +88,14 @@ def resume_on_fewer_devices() -> None:
     """A stage stopped on 8 devices (checkpoint at step 2) resumes on a (4,) mesh and finishes."""
     config = load_config("configs/synthetic.py:tiny", [*OVERRIDES, "train.pretrain_enhancer.steps=6",
                                                         "train.pretrain_enhancer.batch_size=8"])
-    stage = ppfer.STAGE_BY_NAME["pretrain/enhancer"]
+    stage = run.STAGE_BY_NAME["pretrain/enhancer"]
     with tempfile.TemporaryDirectory() as workdir:
-        ppfer.run_stage(ppfer.Context(config, workdir, make_mesh(("data", FSDP_AXIS), (4, 2))), stage, stop_after=3)
+        train_stage(run.context(config, workdir, make_mesh(("data", FSDP_AXIS), (4, 2))), stage, stop_after=3)
         four = make_mesh(("data", FSDP_AXIS), (2, 2), jax.devices()[:4])
-        summary = ppfer.run_stage(ppfer.Context(config, workdir, four), stage)
+        summary = train_stage(run.context(config, workdir, four), stage)
         with open(f"{workdir}/{stage.name}/metrics.jsonl") as records:
             steps = [json.loads(line)["step"] for line in records if '"train"' in line]
-        state = ppfer.Context(config, workdir, four).load(stage.name)
+        state = run.context(config, workdir, four).load(stage.name)
         print(json.dumps({"summary_steps": summary["num_steps"], "logged_steps": steps,
                           "devices": len(jax.tree.leaves(state.params)[0].sharding.device_set)}))
 

@@ -11,8 +11,10 @@ from PIL import Image
 
 from data_pipelines import synthetic
 from ppfer_jax import anonymize, export
+from ppfer_jax.bundle import load_bundle
 from ppfer_jax.cli import main
-from ppfer_jax.methods import ppfer
+from ppfer_jax.nets import to_float
+from ppfer_jax.recipes import run
 from ppfer_jax.parallel import make_mesh
 
 FRAMES, FPS, WIDTH, HEIGHT = 11, 12, 48, 40
@@ -55,7 +57,7 @@ def face_clips(identities, clips_per_identity):
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle):
-    return export.load_bundle(tiny_bundle)
+    return load_bundle(tiny_bundle)
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +116,11 @@ def test_predictions_cover_every_frame_in_clips_of_the_trained_length(faces, ano
 def test_the_frozen_validator_reads_fewer_identities_from_the_output(tiny_run, faces, anonymised):
     """V_pl, loaded from the run (a bundle has none), on every frame of the input and of the output videos."""
     _, out = anonymised
-    ctx = ppfer.Context(export.load_run_config(tiny_run), tiny_run, make_mesh())
+    ctx = run.context(export.load_run_config(tiny_run), tiny_run, make_mesh())
     v_pl = ctx.network("v_pl")
 
     def accuracy(frames, identity):
-        logits = ctx.nets.apply("v_pl", v_pl, ppfer.to_float(frames))
+        logits = ctx.nets.apply("v_pl", v_pl, to_float(frames))
         return float(np.mean(np.argmax(logits, -1) == identity))
 
     before, after = [], []

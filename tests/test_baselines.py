@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ppfer_jax.methods import blur, optical_flow
+from ppfer_jax.baselines import blur, optical_flow
 from ppfer_jax.search import bisect
 
 

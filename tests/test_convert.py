@@ -234,10 +234,11 @@ def test_another_class_count_gets_a_fresh_head_and_keeps_the_rest(capsys):
                                   np.transpose(state["conv1.weight"], (2, 3, 1, 0)))
 
 
+@pytest.mark.slow  # a paper-size ResNet-50 through the stage code
 def test_converted_resnet50_through_init_from_gives_the_torch_logits_inside_the_stage_code(tmp_path):
     """`ppfer-jax convert` then config model.validator.init_from: V_pl starts as the torch model."""
     from ppfer_jax.config import load_config
-    from ppfer_jax.methods.ppfer import Nets
+    from ppfer_jax.nets import Nets
 
     torch_model = torchvision.models.resnet50(num_classes=6)
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))

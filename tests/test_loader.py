@@ -57,6 +57,7 @@ def test_the_transform_is_applied_to_every_example():
     np.testing.assert_array_equal(batch["label"], ToySource(size=8).labels[batch["index"]] * 2)
 
 
+@pytest.mark.slow  # worker processes
 def test_worker_processes_yield_the_same_batches():
     source = ToySource(size=16)
     in_process = first_batches(make_iterator(source, batch_size=4, seed=0), 3)

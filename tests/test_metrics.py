@@ -52,4 +52,4 @@ def test_accuracy_counts_only_masked_examples():
     labels = jnp.array([0, 0, 1])
     assert float(metrics.accuracy(logits, labels)) == pytest.approx(1 / 3)
     counts = metrics.correct_counts(logits, labels, jnp.array([True, False, False]))
-    assert float(counts["correct"]) == 1.0 and float(counts["total"]) == 1.0
+    assert float(counts["sum"]) == 1.0 and float(counts["count"]) == 1.0

@@ -41,6 +41,7 @@ def test_process_rng_folds_in_the_step_then_the_process():
     assert not np.array_equal(jax.random.key_data(process_rng(root, 5)), jax.random.key_data(process_rng(root, 6)))
 
 
+@pytest.mark.slow  # a subprocess on 8 CPU devices
 def test_a_step_on_eight_devices_matches_one_device_and_really_shards_the_batch():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(REPO)}

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from ppfer_jax import figures, suite_report
-from ppfer_jax.suite import TABLE1
+from ppfer_jax import figures, reproduce_report
+from ppfer_jax.reproduce import TABLE1
 
 TASKS = {f"task{k}": f"Task {k}" for k in range(1, 7)}
 PAPER_ROWS = [(key, label) for key, label in list(TABLE1.items()) + list(TASKS.items())
-              if key in suite_report.PAPER_SUITE["table1"] or key in suite_report.PAPER_SUITE["table4"]]
+              if key in reproduce_report.PAPER_SUITE["table1"] or key in reproduce_report.PAPER_SUITE["table4"]]
 
 
 def _suite_from_paper() -> dict:
@@ -19,8 +19,8 @@ def _suite_from_paper() -> dict:
     rows = {}
     for key, label in PAPER_ROWS:
         table = "table1" if key in TABLE1 else "table4"
-        plr, acc = suite_report.PAPER_SUITE[table][key]
-        ssim, psnr, rec_plr = suite_report.PAPER_SUITE["table3"].get(key, (None, None, None))
+        plr, acc = reproduce_report.PAPER_SUITE[table][key]
+        ssim, psnr, rec_plr = reproduce_report.PAPER_SUITE["table3"].get(key, (None, None, None))
         rows[key] = {"table": table, "label": label, "plr": plr, "adaptive_plr": plr, "acc": acc,
                      "per_class": [acc] * 6, "ssim": 0.5, "psnr": 12.0,
                      "recovery": None if ssim is None else {"ssim": ssim, "psnr": psnr, "plr": rec_plr},
@@ -36,7 +36,7 @@ def _suite_from_paper() -> dict:
 
 
 def test_every_table_has_every_row_with_the_papers_numbers_beside_ours():
-    text = suite_report.markdown(_suite_from_paper())
+    text = reproduce_report.markdown(_suite_from_paper())
     for title in ("Table 1", "Table 2", "Table 3", "Table 4"):
         assert f"## {title}" in text
     for label in [label for _, label in PAPER_ROWS] + ["Full framework (PPFER)"]:
@@ -48,14 +48,14 @@ def test_every_table_has_every_row_with_the_papers_numbers_beside_ours():
 
 
 def test_our_ordering_equals_the_papers_when_the_numbers_are_the_papers():
-    assert suite_report.ordering_differences(_suite_from_paper()) == []
-    assert "- nowhere" in suite_report.markdown(_suite_from_paper())
+    assert reproduce_report.ordering_differences(_suite_from_paper()) == []
+    assert "- nowhere" in reproduce_report.markdown(_suite_from_paper())
 
 
 def test_a_swapped_pair_is_reported_once_per_column():
     suite = _suite_from_paper()
     suite["rows"]["swap"]["acc"] = 0.75  # paper: Trade-off 71.83% > Swap 64.96%; now Swap is above Trade-off
-    differences = suite_report.ordering_differences(suite)
+    differences = reproduce_report.ordering_differences(suite)
     assert differences == ["Table 1 ACC: paper has Trade-off Framework (71.83%) above Image Swapping (64.96%); "
                            "ours has Image Swapping (75.00%) above Trade-off Framework (71.83%)."]
 
@@ -65,7 +65,7 @@ def test_a_row_that_was_not_run_reads_na_and_says_why():
     suite["rows"]["swap"] = {**dict.fromkeys(("plr", "adaptive_plr", "acc", "per_class", "ssim", "psnr",
                                               "recovery")), "table": "table1", "label": "Image Swapping",
                              "status": "needs swapped videos", "note": ""}
-    text = suite_report.markdown(suite)
+    text = reproduce_report.markdown(suite)
     assert "| Image Swapping | n/a | n/a | n/a | n/a | n/a | 3.67% | 64.96% |" in text
     assert "- Image Swapping: not run: needs swapped videos" in text
 
@@ -83,7 +83,7 @@ def test_the_scatter_draws_each_point_in_its_colour():
 
 def test_write_leaves_nothing_half_written(tmp_path, monkeypatch):
     suite = _suite_from_paper()
-    suite_report.write(tmp_path, suite, np.zeros((8, 8, 3), np.uint8))
+    reproduce_report.write(tmp_path, suite, np.zeros((8, 8, 3), np.uint8))
     stored = json.loads((tmp_path / "suite_report.json").read_text())
     assert stored["rows"]["blur1"]["acc"] == suite["rows"]["blur1"]["acc"] and "paper" in stored
     for name in ("suite_report.md", "privacy_utility.png", "methods_frames.png"):
@@ -97,6 +97,6 @@ def test_write_leaves_nothing_half_written(tmp_path, monkeypatch):
     out.mkdir()
     monkeypatch.setattr(figures.Image.Image, "save", lambda self, file, format: broken(file))
     with pytest.raises(OSError, match="disk full"):
-        suite_report.write(out, suite)
+        reproduce_report.write(out, suite)
     assert not (out / "privacy_utility.png").exists()
     assert sorted(p.name for p in out.iterdir()) == ["suite_report.json", "suite_report.md"]

@@ -8,8 +8,10 @@ import pytest
 
 from ppfer_jax import losses, metrics
 from ppfer_jax.config import load_config
-from ppfer_jax.methods import ppfer, robust
-from ppfer_jax.methods.ppfer import Nets, _make_state, grouped_optimizer
+from ppfer_jax.nets import Nets
+from ppfer_jax.recipes import run
+from ppfer_jax.stage import grouped_optimizer, make_state, train_stage
+from ppfer_jax.stages import robust_privacy as robust
 from ppfer_jax.parallel import make_mesh
 from ppfer_jax.training import TrainState
 
@@ -44,14 +46,15 @@ def test_worst_case_objective_drives_every_adversary_towards_the_uniform_posteri
     np.testing.assert_allclose(np.asarray(posteriors), 1.0 / classes, atol=0.02)
 
 
+@pytest.mark.slow  # compiles the robust stage's networks
 def test_restart_gives_exactly_one_adversary_copy_fresh_weights_and_zero_moments():
     config = load_config(TINY)
     nets = Nets(config)
     k = config.privacy.robust.adversaries
     every = config.privacy.robust.restart_every
-    trained = {n: nets.init(n, jax.random.key(i)) for i, n in enumerate(robust.PRIVACY_STAGE.trains)}
+    trained = {n: nets.init(n, jax.random.key(i)) for i, n in enumerate(run.STAGE_BY_NAME["robust/privacy"].trains)}
     tx = grouped_optimizer(robust.GROUPS)(config, config.train.robust_privacy)
-    state = _make_state(trained, {}, tx)
+    state = make_state(trained, {}, tx)
     # non-zero moments everywhere, as after some training
     state = state.replace(opt_state=jax.tree.map(lambda x: x + 1.0 if x.ndim else x, state.opt_state))
     for step, copy in ((0, None), (every, 1 % k), (2 * every, 2 % k), (every + 1, None)):
@@ -105,11 +108,12 @@ def test_confusion_counts_match_numpy_and_honour_the_mask():
                                                                       jnp.asarray(mask))), expected)
 
 
+@pytest.mark.slow  # trains a stage
 def test_clip_attacker_learns_identity_from_raw_clips(tmp_path):
     """The adaptive clip attacker is a real attacker: trained from scratch on raw tiny clips it reads identity on
     the val split far above chance (1/6), so a low clip PLR on anonymised clips is the anonymiser's doing."""
     config = load_config(TINY, ["train.clip_attack.steps=120", "train.clip_attack.batch_size=8",
                                 "train.clip_attack.learning_rate=3e-3"])
-    ctx = ppfer.Context(config, tmp_path, make_mesh())
-    summary = ppfer.run_stage(ctx, ppfer.STAGE_BY_NAME["attack/clip_raw"])
+    ctx = run.context(config, tmp_path, make_mesh())
+    summary = train_stage(ctx, run.STAGE_BY_NAME["attack/clip_raw"])
     assert summary["eval"]["acc"] >= 0.9

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from ppfer_jax.config import load_config
-from ppfer_jax.methods import ppfer
+from data_pipelines.sources import load_split
+from ppfer_jax.recipes import ppfer, run
+from ppfer_jax.stage import shape_state, stage_optimizer
 from ppfer_jax.parallel import (FSDP_AXIS, fsdp_spec, make_mesh, mesh_from_config, path_name, process_batch_size,
                                 tree_shardings)
 
@@ -47,6 +49,7 @@ def check_stage_reports(stdout, stages):
             assert len(halved) == 1 and shard[halved[0]] * 2 == shape[halved[0]], (name, shape, shard)
 
 
+@pytest.mark.slow  # subprocesses on 8 CPU devices
 def test_chained_stage_steps_match_one_device_on_data_and_fsdp_meshes():
     completed = run_script([str(REPO / "tests" / "stage_sharding.py"), "compare", *CHAINED_STAGES], devices=8)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -54,6 +57,7 @@ def test_chained_stage_steps_match_one_device_on_data_and_fsdp_meshes():
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 def test_every_stage_step_matches_one_device_on_data_and_fsdp_meshes():
     names = [stage.name for stage in ppfer.STAGES]
     completed = run_script([str(REPO / "tests" / "stage_sharding.py"), "compare", *names], devices=8)
@@ -61,6 +65,7 @@ def test_every_stage_step_matches_one_device_on_data_and_fsdp_meshes():
     check_stage_reports(completed.stdout, names)
 
 
+@pytest.mark.slow  # subprocesses on 8 CPU devices
 def test_a_stage_stopped_on_eight_devices_resumes_on_four():
     completed = run_script([str(REPO / "tests" / "stage_sharding.py"), "resume"], devices=8)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -75,6 +80,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # subprocesses on 8 CPU devices
 def test_two_processes_train_together_and_the_checkpoint_restores_on_one_device(tmp_path):
     port, script = free_port(), str(REPO / "tests" / "multiprocess_stage.py")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
@@ -89,7 +95,7 @@ def test_two_processes_train_together_and_the_checkpoint_restores_on_one_device(
     from multiprocess_stage import OVERRIDES, STAGE
 
     config = load_config("configs/synthetic.py:tiny", OVERRIDES)
-    restored = ppfer.Context(config, tmp_path, make_mesh()).load(STAGE)
+    restored = run.context(config, tmp_path, make_mesh()).load(STAGE)
     leaves = jax.tree_util.tree_leaves_with_path(restored.params)
     assert sorted(path_name(path) for path, _ in leaves) == sorted(saved.files)
     for path, leaf in leaves:
@@ -141,14 +147,15 @@ def test_mesh_and_global_batch_errors_name_the_config_key():
         process_batch_size(6, jax.sharding.AbstractMesh((4,), ("data",)), "train.utility.batch_size")
 
 
+@pytest.mark.slow  # trains a stage
 def test_bf16_compute_trains_and_keeps_float32_params():
     config = load_config("configs/synthetic.py:tiny", ["dtype=bfloat16"])
-    stage = ppfer.STAGE_BY_NAME["pretrain/identity"]
-    ctx = ppfer.Context(config, "/nonexistent", make_mesh())
-    state = jax.jit(ctx.shape_state(stage))()
-    tx = ppfer.stage_optimizer(config, stage)
+    stage = run.STAGE_BY_NAME["pretrain/identity"]
+    ctx = run.context(config, "/nonexistent", make_mesh())
+    state = jax.jit(shape_state(ctx.nets, stage))()
+    tx = stage_optimizer(config, stage)
     step = jax.jit(stage.step(ctx.nets, config, tx))
-    source = ppfer.load_split(config, "train")
+    source = load_split(config, "train")
     batch = {k: jnp.asarray(np.stack([source[i][k] for i in range(16)])) for k in ("video", "identity")}
     logits = ctx.nets.modules["v_pl"].apply({"params": state.params["v_pl"], "batch_stats": state.batch_stats["v_pl"]},
                                             jnp.zeros((1, 32, 32, 3)), train=False, capture_intermediates=True,

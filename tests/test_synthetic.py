@@ -291,7 +291,9 @@ def test_render_with_identity_keeps_the_motion_and_changes_the_person(probe_data
 
 
 def test_preview_grid_shows_one_labelled_row_per_clip():
-    small, larger = synthetic.preview_grid(SMALL, "wild", 2), synthetic.preview_grid(SMALL, "wild", 3)
+    from ppfer_jax.figures import synthetic_preview
+
+    small, larger = synthetic_preview(SMALL, "wild", 2), synthetic_preview(SMALL, "wild", 3)
     assert small.dtype == np.uint8 and small.ndim == 3 and small.shape[2] == 3
     assert larger.shape[0] > small.shape[0] and larger.shape[1] == small.shape[1]
     assert small[:, :40].min() < 100  # dark label text left of the frames

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,27 @@ def records(workdir, split=None):
     lines = (workdir / STAGE / METRICS_FILE).read_text().splitlines()
     parsed = [{k: v for k, v in json.loads(line).items() if k not in ("wall_time", "steps_per_sec")} for line in lines]
     return [record for record in parsed if split in (None, record["split"])]
+
+
+def scalar_events(workdir):
+    """The stage's TensorBoard scalars as TensorBoard's own reader sees them: {tag: [(step, value, wall_time)]}."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = event_accumulator.EventAccumulator(str(workdir / STAGE)).Reload()
+    return {tag: [(event.step, event.value, event.wall_time) for event in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]}
+
+
+def scalars_in_metrics_log(workdir):
+    """metrics.jsonl's finite numbers as the event files should hold them: float32, tagged <split>/<name>."""
+    expected = {}
+    for line in (workdir / STAGE / METRICS_FILE).read_text().splitlines():
+        record = json.loads(line)
+        extra = {k: v for k, v in record.items() if k not in ("step", "split", "metrics", "wall_time")}
+        for name, value in {**record["metrics"], **extra}.items():
+            if math.isfinite(value):
+                expected.setdefault(f"{record['split']}/{name}", []).append(
+                    (record["step"], float(np.float32(value)), record["wall_time"]))
+    return expected
 
 
 def leaves(tree):
@@ -87,6 +109,19 @@ def test_fit_logs_checkpoints_and_marks_the_stage_done(tmp_path):
     assert sorted(p.name for p in (tmp_path / STAGE / "checkpoints" / "latest").iterdir() if p.name.isdigit()) == ["6"]
 
 
+def test_fit_writes_the_metrics_log_as_tensorboard_scalars(tmp_path):
+    def eval_with_an_undefined_metric(state):
+        return {**peaking_eval(state), "undefined": float("nan")}
+
+    run(tmp_path, num_steps=6, log_every=2, eval_every=3, eval_fn=eval_with_an_undefined_metric)
+    events = scalar_events(tmp_path)
+    assert set(events) == {"train/loss", "train/accuracy", "train/batch_signature", "train/steps_per_sec",
+                           "eval/score"}  # the NaN is left out
+    assert [step for step, _, _ in events["train/loss"]] == [2, 4, 6]
+    assert events["eval/score"][-1][:2] == (6, 0.0)
+    assert events == scalars_in_metrics_log(tmp_path)
+
+
 def test_fit_on_a_complete_stage_returns_the_stored_result_without_training(tmp_path):
     state, summary = run(tmp_path, num_steps=4)
     log_before = (tmp_path / STAGE / METRICS_FILE).read_text()
@@ -117,6 +152,8 @@ def test_resume_after_an_interrupt_is_bit_identical_to_an_uninterrupted_run(tmp_
     run(interrupted, stop_after=stop_after, **options)
     assert not is_complete(interrupted, STAGE)
     assert [r["step"] for r in records(interrupted, "train")] == list(range(1, stop_after + 1))
+    before_resume = scalar_events(interrupted)
+    assert [step for step, _, _ in before_resume["train/loss"]] == list(range(1, stop_after + 1))
     with (interrupted / STAGE / METRICS_FILE).open("a") as log:
         log.write('{"step": 3, "spl')  # a line torn by the kill
     evaluated_steps.clear()
@@ -129,6 +166,13 @@ def test_resume_after_an_interrupt_is_bit_identical_to_an_uninterrupted_run(tmp_
     assert resumed_summary == whole_summary
     # batch_signature fingerprints the examples of every step, so equal records mean the same batches in order
     assert records(interrupted) == records(tmp_path / "whole")
+    # TensorBoard sees each recomputed step once, with the resumed run's record (its wall time), as metrics.jsonl
+    after_resume = scalar_events(interrupted)
+    assert after_resume == scalars_in_metrics_log(interrupted)
+    assert [step for step, _, _ in after_resume["train/loss"]] == list(range(1, 11))
+    assert after_resume["train/loss"][:last_checkpoint] == before_resume["train/loss"][:last_checkpoint]
+    assert after_resume["train/loss"][stop_after - 1][2] != before_resume["train/loss"][stop_after - 1][2]
+    assert len(list((interrupted / STAGE).glob("events.out.tfevents.*"))) == 2
     assert int(load_best(interrupted, STAGE, abstract_state(init_state, resumed_state.step.sharding)).step) == 6
 
 

@@ -156,15 +156,6 @@ def test_adam_steps_reduce_l1_reconstruction_loss(tiny):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_bfloat16_computes_in_bf16_with_float32_params_and_output(tiny):
-    x, variables = tiny
-    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-    y32 = UNet(3, **TINY).apply(variables, x)
-    y16 = UNet(3, dtype=jnp.bfloat16, **TINY).apply(variables, x)
-    assert y16.dtype == jnp.float32 and not np.array_equal(y16, y32)
-    np.testing.assert_allclose(y16, y32, atol=0.1 * float(jnp.abs(y32).max()))
-
-
 @pytest.mark.parametrize("bilinear,conv_bias,expected", [
     # sum(p.numel()) of milesial/Pytorch-UNet unet/unet_model.py UNet(n_channels=3, n_classes=3, bilinear=...)
     # built in PyTorch 2.14 (scratch script, not in the repo).

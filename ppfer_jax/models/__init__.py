@@ -40,7 +40,7 @@ def build_model(spec: Mapping[str, Any], dtype: str | jnp.dtype = jnp.float32, *
     """Builds ``spec['name']`` with the spec's fields plus the role's fields (class count, channels, ...)."""
     fields = dict(spec)
     name = fields.pop("name", None)
-    fields.pop("init_from", None)  # where to load weights from (methods/ppfer.py), not a model field
+    fields.pop("init_from", None)  # where to load weights from (nets.Nets.pretrained), not a model field
     if name not in _BUILDERS:
         raise ValueError(f"model spec name {name!r} is not one of {', '.join(MODEL_NAMES)} (spec: {dict(spec)})")
     clash = sorted(set(fields) & set(role_fields))

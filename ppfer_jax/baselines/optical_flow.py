@@ -14,7 +14,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from data_pipelines.sources import load_split
+from ppfer_jax.anonymised import map_clips
 
 FLOW_METHOD = "OpenCV Farneback dense optical flow (stand-in for the paper's VideoFlow)"
 
@@ -79,8 +79,8 @@ def flow_clips(videos: np.ndarray, max_magnitude: float, params: FarnebackParams
     return np.stack([flow_video(clip, max_magnitude, params) for clip in np.asarray(videos)])
 
 
-def flow_split(ctx, split: str, method: str):
+def anonymised_clips(ctx, split: str, method: str):
     """A split with every clip replaced by its rendered optical flow (computed on the host, with OpenCV)."""
     max_magnitude = ctx.config.baselines.optical_flow.max_magnitude
-    return ctx.map_clips(load_split(ctx.config, split), lambda video: flow_clips(video, max_magnitude),
+    return map_clips(ctx, ctx.source(split), lambda video: flow_clips(video, max_magnitude),
                          on_host=True)

@@ -15,9 +15,10 @@ import dm_pix
 import jax
 import jax.numpy as jnp
 
-from data_pipelines.sources import load_split
 from ppfer_jax import metrics
-from ppfer_jax.methods.ppfer import pick_frames, to_float, to_uint8
+from ppfer_jax.anonymised import map_clips
+from ppfer_jax.evaluation import evaluator
+from ppfer_jax.nets import pick_frames, to_float, to_uint8
 from ppfer_jax.search import Search, bisect
 
 
@@ -44,7 +45,7 @@ def gaussian_blur(frames: jax.Array, sigma: float) -> jax.Array:
     return blurred.reshape(frames.shape).astype(frames.dtype)
 
 
-# -- the rows: a sigma per row, found by bisection on the val split (``ppfer_jax/suite.py`` runs them)
+# -- the rows: a sigma per row, found by bisection on the val split (``ppfer_jax/reproduce.py`` runs them)
 
 
 def method_name(sigma: float) -> str:
@@ -56,10 +57,10 @@ def sigma_of(method: str) -> float:
     return float(method.rsplit("sigma_", 1)[1])
 
 
-def blur_split(ctx, split: str, method: str):
+def anonymised_clips(ctx, split: str, method: str):
     """A split with every frame blurred with the method's sigma, stored as uint8 video."""
     sigma = sigma_of(method)
-    return ctx.map_clips(load_split(ctx.config, split),
+    return map_clips(ctx, ctx.source(split),
                          lambda video: to_uint8(gaussian_blur(to_float(video), sigma)))
 
 
@@ -72,7 +73,7 @@ def val_plr(ctx, sigma: float) -> float:
         blurred = to_float(to_uint8(gaussian_blur(frame, sigma)))
         return {"plr": metrics.correct_counts(ctx.nets.apply("v_pl", v_pl, blurred), batch["identity"],
                                               batch["mask"])}
-    return float(ctx.evaluator(counts, "val")(None)["plr"])
+    return float(evaluator(ctx, counts, "val")(None)["plr"])
 
 
 def plr_search(ctx, target: float) -> Search:

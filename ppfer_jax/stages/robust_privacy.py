@@ -1,4 +1,5 @@
-"""``ppfer_robust``: Algorithm 1 changed so that privacy holds against attackers the enhancers never saw.
+"""Algorithm 1 made robust (the ``ppfer_robust`` row): privacy that holds against attackers the enhancers never
+saw.
 
 The paper's Algorithm 1 maximises a frozen controller's CE. A frozen (or single) adversary is fooled by a fixed
 relabelling of identities, which a freshly trained attacker reads straight back (Elazar & Goldberg 2018; the
@@ -26,17 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental.multihost_utils import process_allgather
 
-from data_pipelines.loader import MASK, iterate_once
 from ppfer_jax import losses, metrics
-from ppfer_jax.methods.ppfer import (WAVELET, Stage, adaptive_attack_stage, clip_attack_stage, compensation_stage,
-                                     flatten_frames, grouped_optimizer, net_variables, optimizer_for, to_float,
-                                     utility_stage)
-from ppfer_jax.parallel import global_batch
+from ppfer_jax.evaluation import GATHER, evaluator
+from ppfer_jax.nets import WAVELET, flatten_frames, to_float
+from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, optimizer_for
 
-METHOD = "ppfer_robust"
-PRIVACY = "robust/privacy"
 BANDS = (("f_low", "adv_low", "c_low"), ("f_high", "adv_high", "c_high"))  # enhancer, adversaries, controller
 GROUPS = {"enhancers": ("f_low", "f_high"), "adversaries": ("adv_low", "adv_high")}
 
@@ -74,7 +70,7 @@ def _enhancer_loss(nets, config, params, batch_stats, frozen, frames, batch, ind
     robust = config.privacy.robust
     labels = jnp.repeat(batch["identity"], index.shape[1])
     outputs, stats, logs, privacy = [], {}, {}, 0.0
-    for (enhancer, adversary, controller), band in zip(BANDS, nets.split(frames)):
+    for (enhancer, adversary, controller), band in zip(BANDS, nets.bands(frames)):
         out, stats[enhancer] = nets.apply_train(enhancer, params[enhancer], batch_stats[enhancer], band)
         outputs.append(out)
         seen = _some_frames(out, index)
@@ -157,7 +153,7 @@ def _make_step(nets, config, tx):
         seen = _some_frames(frames, index)
         bands = [jax.lax.stop_gradient(nets.apply(enhancer, {"params": params[enhancer],
                                                              "batch_stats": batch_stats[enhancer]}, band))
-                 for (enhancer, _, _), band in zip(BANDS, nets.split(seen))]
+                 for (enhancer, _, _), band in zip(BANDS, nets.bands(seen))]
         labels = jnp.repeat(batch["identity"], index.shape[1])
         own = {n: params[n] for n in GROUPS["adversaries"]}
         (adversary_loss, (adversary_logs, stats)), grads = jax.value_and_grad(
@@ -188,7 +184,7 @@ def ridge_identity_probe(features: np.ndarray, identity: np.ndarray, clip: np.nd
 def _evaluate(ctx):
     nets = ctx.nets
 
-    def enhance(state, batch):
+    def counts(state, batch):
         frames = to_float(batch["video"])
         variables = {n: net_variables(state, n) for n in GROUPS["enhancers"]}
         g = WAVELET.apply(nets, variables, frames)
@@ -197,28 +193,17 @@ def _evaluate(ctx):
         labels = jnp.repeat(batch["expression"], frames.shape[1])
         frame_mask = jnp.repeat(m, frames.shape[1])
         pooled = jax.lax.reduce_window(g, 0.0, jax.lax.add, (1, 1, 2, 2, 1), (1, 1, 2, 2, 1)) / 4.0
-        return {"features": pooled.reshape(g.shape[:2] + (-1,)),
+        return {GATHER: {"features": pooled.reshape(g.shape[:2] + (-1,)), "identity": batch["identity"]},
                 "c_fc_acc_on_g": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], flat), labels,
                                                         frame_mask),
-                "fidelity_l1": {"correct": jnp.sum(jnp.mean(jnp.abs(g - frames), axis=(1, 2, 3, 4)) * m),
-                                "total": jnp.sum(m)}}
-
-    jitted = jax.jit(enhance)
+                "fidelity_l1": {"sum": jnp.sum(jnp.mean(jnp.abs(g - frames), axis=(1, 2, 3, 4)) * m),
+                                "count": jnp.sum(m)}}
+    evaluate = evaluator(ctx, counts, "val")
 
     def eval_fn(state) -> dict:
-        features, identity, sums = [], [], None
-        for batch in iterate_once(ctx.source("val"), ctx.eval_batch_size):
-            batch = global_batch(batch, ctx.mesh)
-            out = jitted(state, batch)
-            gathered = process_allgather({"features": out.pop("features"), "identity": batch["identity"],
-                                          MASK: batch[MASK]}, tiled=True)
-            keep = np.asarray(gathered[MASK], bool)
-            features.append(np.asarray(gathered["features"])[keep])
-            identity.append(np.asarray(gathered["identity"])[keep])
-            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        sums = jax.device_get(sums)
-        result = {name: metrics.ratio(v["correct"], v["total"]) for name, v in sums.items()}
-        features, identity = np.concatenate(features), np.concatenate(identity)
+        result = evaluate(state)
+        gathered = result.pop(GATHER)
+        features, identity = gathered["features"], gathered["identity"]
         frames_per_clip = features.shape[1]
         result["held_out_attacker_acc"] = ridge_identity_probe(
             features.reshape(-1, features.shape[-1]), np.repeat(identity, frames_per_clip),
@@ -228,15 +213,9 @@ def _evaluate(ctx):
     return eval_fn
 
 
-PRIVACY_STAGE = Stage(PRIVACY, "robust_privacy", GROUPS["enhancers"] + GROUPS["adversaries"],
-                      ("c_low", "c_high", "c_fc"), "train", None, _make_step, _evaluate, select=("selection", "max"),
-                      init_from={"f_low": "pretrain/enhancer", "f_high": "pretrain/enhancer"},
-                      optimizer=grouped_optimizer(GROUPS))
-STAGES = (
-    PRIVACY_STAGE,
-    compensation_stage("robust/compensation", WAVELET, sources={"f_low": PRIVACY, "f_high": PRIVACY}),
-    utility_stage("robust/utility", METHOD),
-    adaptive_attack_stage("robust/attack_adaptive", METHOD),
-    clip_attack_stage("robust/attack_clip", METHOD),
-)
-ANONYMISER_STAGES = {"f_low": PRIVACY, "f_high": PRIVACY, "f_fc": "robust/compensation"}
+def robust_privacy_stage(name: str, *, start: str) -> Stage:
+    """Algorithm 1 made robust: the band enhancers (started from stage ``start``) and their co-trained adversaries
+    in one alternating step; the checkpoint is chosen by the held-out ridge attacker."""
+    return Stage(name, "robust_privacy", GROUPS["enhancers"] + GROUPS["adversaries"], ("c_low", "c_high", "c_fc"),
+                 "train", None, _make_step, _evaluate, select=("selection", "max"),
+                 init_from={n: start for n in GROUPS["enhancers"]}, optimizer=grouped_optimizer(GROUPS))

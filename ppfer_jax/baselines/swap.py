@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines import synthetic
-from data_pipelines.sources import ArraySource, load_split
+from data_pipelines.sources import ArraySource
 
 NEEDS_VIDEOS = "needs swapped videos (set baselines.swap.directory to pre-swapped clips)"
 
@@ -28,10 +28,10 @@ def unavailable(config) -> str | None:
     return NEEDS_VIDEOS
 
 
-def swap_split(ctx, split: str, method: str) -> ArraySource:
+def anonymised_clips(ctx, split: str, method: str) -> ArraySource:
     """The split with every face swapped for the outside person (synthetic) or read from the directory."""
     config = ctx.config
-    raw = load_split(config, split)
+    raw = ctx.source(split)
     if config.data.name == "synthetic":
         spec = synthetic.spec_from_config(config)
         source = synthetic.SyntheticFaces(spec, split)
@@ -40,7 +40,7 @@ def swap_split(ctx, split: str, method: str) -> ArraySource:
     else:
         video = _read_swapped(Path(config.baselines.swap.directory).expanduser() / split, raw)
     arrays = {k: np.asarray([raw[i][k] for i in range(len(raw))]) for k in ("identity", "expression", "eval_frame")}
-    if ctx.keep_originals:
+    if ctx.splits.keep_originals:
         arrays["original"] = np.stack([raw[i]["video"] for i in range(len(raw))])
     return ArraySource({"video": video, **arrays})
 

@@ -20,56 +20,23 @@ trained once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 
-from data_pipelines.sources import load_split
-from ppfer_jax import losses, metrics
-from ppfer_jax.methods.ppfer import (FRAMES, WAVELET, Privatizer, Stage, compensated_clips, compensation_stage,
-                                     enhancer_pretrain_stage, flatten_frames, frame_classifier_stage, make_step,
-                                     net_variables, privacy_stage, to_float, to_uint8)
+from ppfer_jax.anonymised import map_clips
+from ppfer_jax.nets import FRAMES, WAVELET, Privatizer, compensated_clips, to_float, to_uint8
+from ppfer_jax.stage import Stage
+from ppfer_jax.stages.classifiers import frame_classifier_stage
+from ppfer_jax.stages.compensation import compensation_stage
+from ppfer_jax.stages.joint import joint_stage
+from ppfer_jax.stages.pretrain import enhancer_pretrain_stage
+from ppfer_jax.stages.privacy import privacy_stage
 
 FRAME_CONTROLLER = frame_classifier_stage("ablations/frame_controller", "pretrain_frame_controller", "c_frame",
                                           "identity", "c_frame_acc")
 FRAME_ENHANCER = enhancer_pretrain_stage("ablations/frame_enhancer", "pretrain_frame_enhancer", FRAMES)
 FRAME_PRIVACY = privacy_stage("ablations/frame_privacy", FRAMES, start=FRAME_ENHANCER.name,
                               sources={"c_frame": FRAME_CONTROLLER.name})
-
-
-# -- enhancers and F_u trained as a whole on the expression loss (no identity controller: Tasks 2 and 6)
-
-
-def _joint_loss(nets, config, privatizer: Privatizer):
-    def loss_fn(params, batch_stats, frozen, batch, rng):
-        frames = to_float(batch["video"])
-        flat, _ = flatten_frames(frames)
-        outputs, new_stats = [], {}
-        for name, x in zip(privatizer.enhancers, privatizer.inputs(nets, flat)):
-            out, new_stats[name] = nets.apply_train(name, params[name], batch_stats[name], x)
-            outputs.append(out)
-        g = privatizer.combine(nets, outputs).reshape(frames.shape)
-        logits, new_stats["f_u"] = nets.apply_train("f_u", params["f_u"], batch_stats["f_u"], g)
-        return losses.cross_entropy(logits, batch["expression"]), (
-            {"acc": metrics.accuracy(logits, batch["expression"])}, new_stats)
-    return loss_fn
-
-
-def _joint_eval(ctx, privatizer: Privatizer):
-    def counts(state, batch):
-        enhancers = {name: net_variables(state, name) for name in privatizer.enhancers}
-        g = privatizer.apply(ctx.nets, enhancers, to_float(batch["video"]))
-        logits = ctx.nets.apply("f_u", net_variables(state, "f_u"), g)
-        return {"acc": metrics.correct_counts(logits, batch["expression"], batch["mask"])}
-    return ctx.evaluator(counts, "val")
-
-
-def joint_stage(name: str, privatizer: Privatizer, *, start: str) -> Stage:
-    """The enhancers (started from stage ``start``) and F_u trained together on F_u's expression loss."""
-    return Stage(name, "joint", privatizer.enhancers + ("f_u",), (), "train", None,
-                 make_step(functools.partial(_joint_loss, privatizer=privatizer)),
-                 functools.partial(_joint_eval, privatizer=privatizer),
-                 init_from={n: start for n in privatizer.enhancers})
 
 
 # -- the tasks
@@ -118,7 +85,7 @@ def _tasks() -> dict[str, Task]:
 TASKS = _tasks()
 
 
-def ablation_split(ctx, split: str, method: str):
+def anonymised_clips(ctx, split: str, method: str):
     """A split anonymised by a task's networks (``method`` is the task's key)."""
     task = TASKS[method]
     variables = {n: ctx.network(n, task.enhancers_from) for n in task.privatizer.enhancers}
@@ -130,7 +97,7 @@ def ablation_split(ctx, split: str, method: str):
 
         def chain(video: jax.Array) -> jax.Array:
             return to_uint8(compensated_clips(ctx.nets, variables, video, task.privatizer))
-    return ctx.map_clips(load_split(ctx.config, split), chain)
+    return map_clips(ctx, ctx.source(split), chain)
 
 
 def full_components() -> dict:

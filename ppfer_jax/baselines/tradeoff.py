@@ -19,11 +19,12 @@ from __future__ import annotations
 import jax
 import optax
 
-from data_pipelines.sources import load_split
 from ppfer_jax import losses, metrics
-from ppfer_jax.methods.ablations import FRAME_ENHANCER
-from ppfer_jax.methods.ppfer import (Stage, flatten_frames, grouped_optimizer, net_variables, optimizer_for,
-                                     pick_frames, random_frames, to_float, to_uint8)
+from ppfer_jax.anonymised import map_clips
+from ppfer_jax.evaluation import evaluator
+from ppfer_jax.nets import flatten_frames, pick_frames, random_frames, to_float, to_uint8
+from ppfer_jax.recipes.ablations import FRAME_ENHANCER
+from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, optimizer_for
 
 GROUPS = {"anonymiser": ("f_frame",), "models": ("f_u", "adversary")}
 
@@ -83,7 +84,7 @@ def _evaluate(ctx):
                 "adversary_acc": metrics.correct_counts(
                     ctx.nets.apply("adversary", net_variables(state, "adversary"),
                                    pick_frames(anonymised, batch["eval_frame"])), batch["identity"], m)}
-    return ctx.evaluator(counts, "val")
+    return evaluator(ctx, counts, "val")
 
 
 TRADEOFF = Stage("tradeoff/train", "tradeoff", ("f_frame", "f_u", "adversary"), (), "train", None, _make_step,
@@ -91,11 +92,11 @@ TRADEOFF = Stage("tradeoff/train", "tradeoff", ("f_frame", "f_u", "adversary"), 
 STAGES = (FRAME_ENHANCER, TRADEOFF)
 
 
-def tradeoff_split(ctx, split: str, method: str):
+def anonymised_clips(ctx, split: str, method: str):
     """A split anonymised by the trained trade-off anonymiser."""
     variables = ctx.network("f_frame", TRADEOFF.name)
 
     def chain(video: jax.Array) -> jax.Array:
         frames = to_float(video)
         return to_uint8(ctx.nets.apply("f_frame", variables, flatten_frames(frames)[0]).reshape(frames.shape))
-    return ctx.map_clips(load_split(ctx.config, split), chain)
+    return map_clips(ctx, ctx.source(split), chain)

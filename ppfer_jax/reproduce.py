@@ -4,8 +4,8 @@ It runs the PPFER pipeline (``pipeline.run``: its stages, Tables 1-2 for No priv
 row of ``config.suite.rows``:
 
 * Table 1 baselines: Gaussian Blur 1 / 2 (sigma searched to match PPFER's val PLR / val ACC), the trade-off
-  framework, optical flow, image swapping (``ppfer_jax/methods/``);
-* Table 4 ablations: Tasks 1-6 (``methods/ablations.py``).
+  framework, optical flow, image swapping (``ppfer_jax/baselines/``);
+* Table 4 ablations: Tasks 1-6 (``recipes/ablations.py``).
 
 A row is a method that turns clips into anonymised clips, plus the stages that train it. Every row then
 meets the same downstream stages -- F_u trained afresh on its anonymised training clips (``rows/<key>/utility``),
@@ -28,22 +28,24 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ppfer_jax import evaluation, pipeline, suite_report
-from ppfer_jax.attacks import recovery_stage
+from data_pipelines.files import write_json_atomically
+from ppfer_jax import evaluation, pipeline, reproduce_report
+from ppfer_jax.attacks import adaptive_attack_stage, clip_attack_stage, recovery_stage
+from ppfer_jax.baselines import blur, optical_flow, swap, tradeoff
+from ppfer_jax.context import Context
 from ppfer_jax.figures import frame_grid
-from ppfer_jax.files import write_json_atomically
-from ppfer_jax.methods import ablations, blur, face_swap, optical_flow, tradeoff
-from ppfer_jax.methods.ppfer import Context, Stage, adaptive_attack_stage, clip_attack_stage, run_stage, utility_stage
-from ppfer_jax.methods.registry import METHOD_ROWS, STAGE_BY_NAME
 from ppfer_jax.parallel import mesh_from_config
-from ppfer_jax.training import is_complete, read_summary
+from ppfer_jax.recipes import ablations, run
+from ppfer_jax.stage import Stage
+from ppfer_jax.stages.utility import utility_stage
+from ppfer_jax.training import read_summary
 
 TABLE1 = {"no_privacy": "No Privacy Preservation", "blur1": "Gaussian Blur 1", "blur2": "Gaussian Blur 2",
           "tradeoff": "Trade-off Framework", "optical_flow": "Optical Flow", "swap": "Image Swapping",
           "ppfer": "PPFER (ours)", "ppfer_robust": "PPFER-robust"}
 ROWS = tuple(TABLE1) + tuple(ablations.TASKS)
-METHODS = {"blur": blur.blur_split, "optical_flow": optical_flow.flow_split, "swap": face_swap.swap_split,
-           "tradeoff": tradeoff.tradeoff_split, **{key: ablations.ablation_split for key in ablations.TASKS}}
+MAKERS = {"blur": blur.anonymised_clips, "optical_flow": optical_flow.anonymised_clips, "swap": swap.anonymised_clips,
+          "tradeoff": tradeoff.anonymised_clips, **{key: ablations.anonymised_clips for key in ablations.TASKS}}
 RESULTS_FILE = "results.json"
 
 
@@ -68,24 +70,6 @@ class Row:
         return self.stages + tuple(s for s in (self.utility, self.adaptive, self.clip, self.recovery) if s is not None)
 
 
-class Runner:
-    """Runs stages not finished in the workdir (each once), registers them with the context, times them."""
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-        self.timings = pipeline.load_timings(ctx.workdir)
-
-    def run(self, stage: Stage) -> dict:
-        """The stage's summary, training it first if it is not finished."""
-        self.ctx.stages[stage.name] = stage
-        if not is_complete(self.ctx.workdir, stage.name):
-            start = time.perf_counter()
-            run_stage(self.ctx, stage)
-            self.timings[stage.name] = time.perf_counter() - start
-            pipeline.save_timings(self.ctx.workdir, self.timings)
-        return read_summary(self.ctx.workdir, stage.name)
-
-
 def _scored(key: str, method: str, *, utility: Stage | None = None, attacks: bool = True) -> dict:
     """A row's downstream stages: F_u on its clips, and (``attacks``) the adaptive frame and clip attackers and the
     recovery attacker."""
@@ -95,15 +79,15 @@ def _scored(key: str, method: str, *, utility: Stage | None = None, attacks: boo
                 recovery=recovery_stage(f"rows/{key}/recovery", method) if attacks else None)
 
 
-def build_row(key: str, runner: Runner) -> Row:
+def build_row(key: str, runner: pipeline.StageRunner) -> Row:
     """The row ``key``, running what it needs to be defined (the blur rows' sigma searches)."""
     config = runner.ctx.config
     if key == "no_privacy":
-        return Row(key, TABLE1[key], "table1", None, utility=STAGE_BY_NAME["no_privacy"],
-                   clip=STAGE_BY_NAME["attack/clip_raw"],
+        return Row(key, TABLE1[key], "table1", None, utility=run.STAGE_BY_NAME["no_privacy"],
+                   clip=run.STAGE_BY_NAME["attack/clip_raw"],
                    note="F_u and V_pl on the raw clips; its adaptive frame PLR is V_pl's own")
-    if key in METHOD_ROWS:  # the method rows of `run`: their own F_u and attackers, plus a recovery attacker
-        trained = {role: STAGE_BY_NAME[stage] for role, stage in METHOD_ROWS[key].items()}
+    if key in run.METHOD_ROWS:  # the method rows of `run`: their own F_u and attackers, plus a recovery attacker
+        trained = {role: run.STAGE_BY_NAME[stage] for role, stage in run.METHOD_ROWS[key].items()}
         recovery = {"ppfer": "attack/recovery", "ppfer_robust": "robust/attack_recovery"}[key]
         note = (f"Algorithm 1 objective {config.privacy.objective!r}" if key == "ppfer" else
                 f"worst case over {config.privacy.robust.adversaries} co-trained adversaries per band, "
@@ -125,7 +109,7 @@ def build_row(key: str, runner: Runner) -> Row:
         return Row(key, TABLE1[key], "table1", "optical_flow", **_scored(key, "optical_flow"),
                    note=optical_flow.FLOW_METHOD)
     if key == "swap":
-        why = face_swap.unavailable(config)
+        why = swap.unavailable(config)
         if why:
             return Row(key, TABLE1[key], "table1", None, status=why)
         return Row(key, TABLE1[key], "table1", "swap", **_scored(key, "swap"),
@@ -143,7 +127,13 @@ def _blur_utility(method: str) -> Stage:
     return utility_stage(f"rows/{method}/utility", method)
 
 
-def _blur_search(key: str, runner: Runner) -> dict:
+def _run_blur_utility(runner: pipeline.StageRunner, method: str) -> dict:
+    stage = _blur_utility(method)
+    runner.ctx.add_stages([stage])
+    return runner.run(stage)
+
+
+def _blur_search(key: str, runner: pipeline.StageRunner) -> dict:
     """Blur 1's sigma matches PPFER's val PLR (V_pl on C, s2's last eval); Blur 2's its val ACC (F_u on C, s3's):
     a bisection, cached in rows/<key>/search.json."""
     workdir = runner.ctx.workdir
@@ -154,17 +144,16 @@ def _blur_search(key: str, runner: Runner) -> dict:
         search = blur.plr_search(runner.ctx, read_summary(workdir, "s2/compensation")["eval"]["leakage_on_c"])
     else:
         search = blur.acc_search(runner.ctx, read_summary(workdir, "s3/utility")["eval"]["acc"],
-                                 lambda method: runner.run(_blur_utility(method))["eval"]["acc"])
+                                 lambda method: _run_blur_utility(runner, method)["eval"]["acc"])
     result = search.to_dict()
     if jax.process_index() == 0:
         write_json_atomically(path, result)
     return result
 
 
-def score_row(runner: Runner, row: Row) -> dict:
+def score_row(runner: pipeline.StageRunner, row: Row) -> dict:
     """Trains what the row is missing and evaluates it on the test split (cached in rows/<key>/results.json)."""
-    for stage in row.all_stages():  # the context can load them, even when the row's results are cached
-        runner.ctx.stages[stage.name] = stage
+    runner.ctx.add_stages(row.all_stages())  # the context can load them, even when the row's results are cached
     path = runner.ctx.workdir / "rows" / row.key / RESULTS_FILE
     if path.exists():
         return json.loads(path.read_text())
@@ -175,8 +164,7 @@ def score_row(runner: Runner, row: Row) -> dict:
                                         adaptive=row.adaptive.name if row.adaptive else None,
                                         clip=row.clip.name if row.clip else None,
                                         recovery=row.recovery.name if row.recovery else None)
-    runner.timings[f"evaluate {row.key}"] = time.perf_counter() - start
-    pipeline.save_timings(runner.ctx.workdir, runner.timings)
+    runner.record(f"evaluate {row.key}", time.perf_counter() - start)
     if jax.process_index() == 0:
         write_json_atomically(path, result)
     return result
@@ -190,21 +178,21 @@ def reproduce(config, workdir, *, mesh=None, make_figures: bool = True) -> dict:
     if unknown:
         raise ValueError(f"config suite.rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
     main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures)
-    ctx = Context(config, workdir, mesh or mesh_from_config(config), methods=METHODS, keep_originals=True)
-    runner = Runner(ctx)
+    ctx = run.context(config, workdir, mesh or mesh_from_config(config), keep_originals=True, more_makers=MAKERS)
+    runner = pipeline.StageRunner(ctx)
     rows, results = {}, {}
     for key in config.suite.rows:
         print(f"\n== {key}")
         rows[key] = build_row(key, runner)
         if rows[key].status == "ok":
             results[key] = score_row(runner, rows[key])
-            ctx.forget_method(rows[key].method, keep=("test",))
+            ctx.splits.forget(rows[key].method, keep=("test",))
     suite = _suite(config, workdir, main, rows, results, runner.timings)
     suite["total_s"] = sum(runner.timings.values())
     suite["wall_s_this_call"] = time.perf_counter() - start
     if jax.process_index() == 0:
         grid = _methods_grid(ctx, rows) if make_figures else None
-        suite_report.write(workdir, suite, grid)
+        reproduce_report.write(workdir, suite, grid)
     return suite
 
 

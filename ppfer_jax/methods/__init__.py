@@ -1,1 +1,0 @@
-"""Methods: the PPFER stages (``ppfer.py``); baselines and compared systems come one file each."""

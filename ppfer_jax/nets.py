@@ -1,0 +1,238 @@
+"""The networks of a run, from one table, and the pure functions that chain them.
+
+``NETWORKS`` names every network a stage can train or read: the config section that specifies it, what it reads
+(a frame, a wavelet band, a clip) and the fields its job fixes (classes, output channels). ``Nets`` builds the
+flax modules from a config and applies them; ``Privatizer`` is how enhancers meet frames (one per Haar band,
+merged back, as in the paper, or one on whole frames, as in the ablations without the wavelet). Inference
+(``bundle.py``, ``anonymize.py``) needs this module and nothing from training.
+
+Names: c_low / c_high (identity controllers on the low / high band), v_pl (the leakage validator), v_sel (a
+second frozen validator that chooses s1's checkpoint, so the reported V_pl never does), c_fc (expression
+controller), f_low / f_high (privacy enhancers, U-Net), f_fc (compensator, U-ViT), f_u (utility R3D on clips),
+attacker / clip_attacker (fresh identity classifiers on anonymised frames / clips: the adaptive attacks),
+adv_low / adv_high (ppfer_robust's co-trained band adversaries, ``privacy.robust.adversaries`` stacked copies
+each); for ``reproduce``: f_frame / c_frame (a whole-frame enhancer and its controller), adversary (the
+trade-off baseline's) and recovery (the threat model's U-Net).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from ppfer_jax import wavelets
+from ppfer_jax.convert import load_variables
+from ppfer_jax.models import build_model
+
+
+def _identities(c) -> dict:
+    return dict(num_classes=c.data.num_identities)
+
+
+def _expressions(c) -> dict:
+    return dict(num_classes=c.data.num_expressions)
+
+
+def _rgb(c) -> dict:
+    return dict(out_channels=3)
+
+
+def _high_bands(c) -> dict:
+    return dict(out_channels=3 * wavelets.num_high_bands(c.wavelet.spatiotemporal))
+
+
+def _image(c) -> dict:
+    return dict(img_size=c.data.image_size, in_channels=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """One network of a run: its config section (``config.model[section]``), its input ('frame', 'low', 'high' or
+    'clip'), the fields its job fixes, and whether it is a stack of copies (``privacy.robust.adversaries``)."""
+
+    section: str
+    input: str
+    fields: Callable[[object], dict]
+    label: str = ""
+    stacked: bool = False
+
+
+NETWORKS = {
+    "f_low": Network("enhancer_low", "low", _rgb, "F_lpr  low-band enhancer"),
+    "f_high": Network("enhancer_high", "high", _high_bands, "F_hpr  high-band enhancer"),
+    "c_low": Network("identity_controller", "low", _identities, "C_lpr  low-band identity ctrl"),
+    "c_high": Network("identity_controller", "high", _identities, "C_hpr  high-band identity ctrl"),
+    "v_pl": Network("validator", "frame", _identities, "V_pl   leakage validator"),
+    "c_fc": Network("expression_controller", "frame", _expressions, "C_fc   expression controller"),
+    "f_fc": Network("compensator", "frame", _image, "F_fc   feature compensator"),
+    "f_u": Network("utility", "clip", _expressions, "F_u    utility (video FER)"),
+    "v_sel": Network("validator", "frame", _identities),
+    "attacker": Network("validator", "frame", _identities),
+    "clip_attacker": Network("utility", "clip", _identities),
+    "adv_low": Network("identity_controller", "low", _identities, stacked=True),
+    "adv_high": Network("identity_controller", "high", _identities, stacked=True),
+    "f_frame": Network("enhancer_frame", "frame", _rgb),
+    "c_frame": Network("identity_controller", "frame", _identities),
+    "adversary": Network("validator", "frame", _identities),
+    "recovery": Network("recovery", "frame", _rgb),
+}
+PAPER_NETWORKS = tuple(name for name, net in NETWORKS.items() if net.label)  # the paper's eight, for `check`
+ANONYMISER = ("f_low", "f_high", "f_fc")  # the networks that make an anonymised clip
+
+
+@dataclasses.dataclass(frozen=True)
+class Nets:
+    """The flax modules of a run's networks, built from the config, and the pure functions chaining them."""
+
+    config: object
+
+    def spec(self, name: str) -> dict:
+        """The config's model spec of a network, ``init_from`` included."""
+        return dict(self.config.model[NETWORKS[name].section])
+
+    @functools.cached_property
+    def modules(self) -> dict:
+        """The modules of the networks whose section ``config.model`` has (a bundle: the anonymiser's and F_u's
+        only); identity classifiers only where the data set names identities."""
+        c = self.config
+        return {name: build_model(self.spec(name), dtype=c.dtype, **net.fields(c))
+                for name, net in NETWORKS.items()
+                if net.section in c.model and (net.fields is not _identities or c.data.get("num_identities"))}
+
+    def pretrained(self, name: str) -> dict | None:
+        """Variables from the network's ``init_from`` directory (``ppfer-jax convert`` output), else None."""
+        directory = self.spec(name).get("init_from")
+        if not directory:
+            return None
+        target = jax.eval_shape(lambda: self.init(name, jax.random.key(0, impl=self.config.rng_impl)))
+        return load_variables(Path(directory).expanduser(), target)
+
+    def input_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of one example of the network's input."""
+        d = self.config.data
+        half = d.image_size // 2
+        return {"frame": (d.image_size, d.image_size, 3), "low": (half, half, 3),
+                "high": (half, half, _high_bands(self.config)["out_channels"]),
+                "clip": (d.num_frames, d.image_size, d.image_size, 3)}[NETWORKS[name].input]
+
+    def init(self, name: str, key: jax.Array) -> dict:
+        """Fresh variables {'params', 'batch_stats'} of one network (of every copy, stacked, for a stack)."""
+        if NETWORKS[name].stacked:
+            copies = self.config.privacy.robust.adversaries
+            return jax.vmap(lambda k: self._init_one(name, k))(jax.random.split(key, copies))
+        return self._init_one(name, key)
+
+    def _init_one(self, name: str, key: jax.Array) -> dict:
+        dummy = jnp.zeros((1,) + self.input_shape(name), jnp.float32)
+        variables = dict(self.modules[name].init(key, dummy, train=False))
+        variables.setdefault("batch_stats", {})
+        if name == "f_fc" and self.config.compensation.residual:
+            variables["params"] = _zero_last_layer(variables["params"])
+        return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+    # -- forward passes (eval mode unless said otherwise)
+
+    def apply(self, name: str, variables: dict, x: jax.Array) -> jax.Array:
+        return self.modules[name].apply(_vars(variables), x, train=False)
+
+    def apply_train(self, name: str, params, batch_stats, x: jax.Array):
+        """Training-mode forward: (output, new batch_stats)."""
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+            out, updates = self.modules[name].apply(variables, x, train=True, mutable=["batch_stats"])
+            return out, updates["batch_stats"]
+        return self.modules[name].apply(variables, x, train=True), batch_stats
+
+    def bands(self, frames: jax.Array):
+        """The Haar bands (low, high) of float frames (N, H, W, 3), frame by frame."""
+        w = self.config.wavelet
+        return wavelets.split(frames, wavelet=w.name, mode=w.mode, spatiotemporal=False)
+
+    def merge(self, low: jax.Array, high: jax.Array) -> jax.Array:
+        return wavelets.merge(low, high, wavelet=self.config.wavelet.name, spatiotemporal=False)
+
+    def privatize(self, frozen: dict, frames: jax.Array) -> jax.Array:
+        """G = merge(F_lpr(low), F_hpr(high)) of float frames (..., H, W, 3), frame by frame."""
+        return WAVELET.apply(self, frozen, frames)
+
+    def compensate(self, variables: dict, g: jax.Array) -> jax.Array:
+        """C = F_fc(G) frame by frame (G + U-ViT(G) when compensation.residual)."""
+        flat, lead = flatten_frames(g)
+        out = self.apply("f_fc", variables, flat)
+        out = flat + out if self.config.compensation.residual else out
+        return out.reshape(lead + out.shape[1:])
+
+
+@dataclasses.dataclass(frozen=True)
+class Privatizer:
+    """How privacy enhancers meet the frames: one per Haar band, merged back (the paper), or one on whole frames
+    (the ablations without the wavelet transform, Tasks 1-3). ``controllers[i]`` is ``enhancers[i]``'s."""
+
+    enhancers: tuple[str, ...]
+    controllers: tuple[str, ...]
+    wavelet: bool
+
+    def inputs(self, nets: Nets, frames: jax.Array) -> tuple[jax.Array, ...]:
+        """The enhancers' inputs from float frames (N, H, W, 3)."""
+        return nets.bands(frames) if self.wavelet else (frames,)
+
+    def combine(self, nets: Nets, outputs) -> jax.Array:
+        """Privacy-preserved frames G from the enhancers' outputs."""
+        return nets.merge(*outputs) if self.wavelet else outputs[0]
+
+    def apply(self, nets: Nets, variables: dict, frames: jax.Array) -> jax.Array:
+        """G of float frames (..., H, W, 3), every enhancer frozen."""
+        flat, lead = flatten_frames(frames)
+        outputs = [nets.apply(name, variables[name], x) for name, x in zip(self.enhancers, self.inputs(nets, flat))]
+        g = self.combine(nets, outputs)
+        return g.reshape(lead + g.shape[1:])
+
+
+WAVELET = Privatizer(("f_low", "f_high"), ("c_low", "c_high"), wavelet=True)
+FRAMES = Privatizer(("f_frame",), ("c_frame",), wavelet=False)
+
+
+def compensated_clips(nets: Nets, frozen: dict, video: jax.Array, privatizer: Privatizer = WAVELET) -> jax.Array:
+    """C = F_fc(merge(F_lpr(low), F_hpr(high))) of uint8 clips, all upstream frozen."""
+    return nets.compensate(frozen["f_fc"], privatizer.apply(nets, frozen, to_float(video)))
+
+
+def _vars(variables: dict) -> dict:
+    return {k: v for k, v in variables.items() if k == "params" or v}
+
+
+def _zero_last_layer(params: dict) -> dict:
+    """U-ViT with its output layer zeroed: the residual compensator starts as the identity map."""
+    last = "final_layer" if "final_layer" in params else "decoder_pred"
+    return {**params, last: jax.tree.map(jnp.zeros_like, params[last])}
+
+
+# -- frames
+
+
+def flatten_frames(x: jax.Array):
+    return x.reshape((-1,) + x.shape[-3:]), x.shape[:-3]
+
+
+def to_float(video: jax.Array) -> jax.Array:
+    return video.astype(jnp.float32) / 255.0
+
+
+def to_uint8(frames: jax.Array) -> jax.Array:
+    """Float frames in [0, 1] (clipped) to uint8 video, rounding: what a video file would hold."""
+    return jnp.round(jnp.clip(frames, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+
+
+def pick_frames(video: jax.Array, index: jax.Array) -> jax.Array:
+    """video (B, T, ...) and one frame index per clip (B,) -> (B, ...)."""
+    return jnp.take_along_axis(video, index.reshape((-1,) + (1,) * (video.ndim - 1)), axis=1)[:, 0]
+
+
+def random_frames(rng: jax.Array, video: jax.Array) -> jax.Array:
+    return pick_frames(video, jax.random.randint(rng, (video.shape[0],), 0, video.shape[1]))
