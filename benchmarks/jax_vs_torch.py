@@ -1,17 +1,21 @@
 """One training step (forward + backward + Adam) of the same model in jitted JAX and in PyTorch.
 
-    python benchmarks/jax_vs_torch.py [--repeats 10] [--compile] [--append benchmarks/RESULTS.md]
+    python benchmarks/jax_vs_torch.py [--repeats 10] [--reps 3] [--compile] [--append benchmarks/RESULTS.md]
 
 Same architecture, batch and input size on both sides (the torch models are torchvision's, or the
-plain-PyTorch U-Net / U-ViT of tests/test_convert.py); weights are converted so both start equal.
-Reports the median step time after warm-up and the ratio torch / JAX (> 1: JAX is faster).
-Needs the [torch] extra.
+plain-PyTorch U-Net / U-ViT of tests/test_convert.py). Each model is built and compiled once per framework;
+then ``--reps`` repetitions interleave the two (JAX, torch, JAX, torch, ...), each timing the median of
+``--repeats`` steps after warm-up, so one noisy stretch cannot flip a ratio. Reports the median step times, the
+ratio torch / JAX (> 1: JAX is faster) as the median over repetitions with its range, and the versions and
+thread counts. The JAX step donates its state, as the project's stages do. Needs the [torch] extra.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import os
 import platform
 import statistics
 import sys
@@ -29,7 +33,7 @@ from test_convert import TorchUNet, TorchUViT  # noqa: E402  (the plain-PyTorch 
 
 import torchvision  # noqa: E402
 
-from ppfer_jax.models import build_model  # noqa: E402
+from ppfer_jax.models import build_model, layers  # noqa: E402
 
 # name: (torch model, our spec + role fields, NCHW / NCDHW input shape, loss kind)
 CASES = {
@@ -47,8 +51,6 @@ CASES = {
 
 
 def _median_seconds(step, repeats: int) -> float:
-    for _ in range(2):
-        step()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -57,7 +59,9 @@ def _median_seconds(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def jax_step_time(spec, fields, shape, loss_kind, repeats):
+def jax_step(spec, fields, shape, loss_kind, *, with_step: bool = False):
+    """A warmed-up, jitted JAX training step of the model: a function running one step (and, ``with_step``, the
+    jitted step and its state, for profiling)."""
     model = build_model(spec, **fields)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(np.moveaxis(np.empty(shape), 1, -1).shape), jnp.float32)
     labels = jnp.zeros((shape[0],), jnp.int32)
@@ -67,7 +71,7 @@ def jax_step_time(spec, fields, shape, loss_kind, repeats):
     opt = tx.init(params)
     is_uvit = spec["name"] == "uvit"
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
     def step(params, stats, opt):
         def loss_fn(params):
             if is_uvit:
@@ -87,10 +91,13 @@ def jax_step_time(spec, fields, shape, loss_kind, repeats):
         *new, loss = step(*state)
         state[:] = new
         loss.block_until_ready()
-    return _median_seconds(run, repeats)
+    for _ in range(2):
+        run()
+    return (run, step, state) if with_step else run
 
 
-def torch_step_time(make, shape, loss_kind, repeats, compile_model):
+def torch_step(make, shape, loss_kind, compile_model):
+    """A warmed-up PyTorch training step of the model (eager, or ``torch.compile``d)."""
     torch.manual_seed(0)
     model = make().train()
     is_uvit = isinstance(model, TorchUViT)
@@ -105,36 +112,60 @@ def torch_step_time(make, shape, loss_kind, repeats, compile_model):
         loss = (out - x).abs().mean() if loss_kind == "l1" else torch.nn.functional.cross_entropy(out, labels)
         loss.backward()
         opt.step()
-    return _median_seconds(run, repeats)
+    for _ in range(2):
+        run()
+    return run
+
+
+def environment() -> str:
+    return (f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPU cores, torch threads "
+            f"{torch.get_num_threads()} (intra-op), XLA_FLAGS={os.environ.get('XLA_FLAGS', '') or 'none'}, "
+            f"{platform.processor() or platform.machine()}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10, help="steps per timing (their median is taken)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (at least 3)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
+    parser.add_argument("--models", nargs="*", default=None, help="a subset of the models (name prefixes)")
+    parser.add_argument("--native", action="store_true",
+                        help="XLA's own convolution instead of layers.conv's patches x matrix (as before it)")
     parser.add_argument("--append", type=Path, default=None, help="append a Markdown table to this file")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    header = "| model (fwd+bwd+Adam) | JAX jit (ms) | torch eager (ms) | eager / JAX |"
+    if args.native:
+        layers.PATCHES_ON_CPU = False
+    if args.reps < 3:
+        parser.error("--reps: at least 3 interleaved repetitions")
+    header = "| model (fwd+bwd+Adam) | JAX jit (ms) | torch eager (ms) | eager / JAX (median, range) |"
     rows = [header, "|---|---|---|---|"]
     if args.compile:
         rows = [header[:-1] + " torch.compile (ms) | compile / JAX |", "|---|---|---|---|---|---|"]
-    for name, (make, (spec, fields), shape, loss_kind) in CASES.items():
-        t_jax = jax_step_time(spec, fields, shape, loss_kind, args.repeats)
-        t_eager = torch_step_time(make, shape, loss_kind, args.repeats, False)
-        row = f"| {name} | {1e3 * t_jax:.1f} | {1e3 * t_eager:.1f} | {t_eager / t_jax:.2f} |"
+    cases = {name: case for name, case in CASES.items()
+             if not args.models or any(name.startswith(m) for m in args.models)}
+    for name, (make, (spec, fields), shape, loss_kind) in cases.items():
+        jax_run, torch_run = jax_step(spec, fields, shape, loss_kind), torch_step(make, shape, loss_kind, False)
+        t_jax, t_eager = [], []
+        for _ in range(args.reps):
+            t_jax.append(_median_seconds(jax_run, args.repeats))
+            t_eager.append(_median_seconds(torch_run, args.repeats))
+        ratios = [e / j for e, j in zip(t_eager, t_jax)]
+        row = (f"| {name} | {1e3 * statistics.median(t_jax):.1f} | {1e3 * statistics.median(t_eager):.1f} | "
+               f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
         if args.compile:
             try:
-                t_comp = torch_step_time(make, shape, loss_kind, args.repeats, True)
-                row += f" {1e3 * t_comp:.1f} | {t_comp / t_jax:.2f} |"
+                t_comp = _median_seconds(torch_step(make, shape, loss_kind, True), args.repeats)
+                row += f" {1e3 * t_comp:.1f} | {t_comp / statistics.median(t_jax):.2f} |"
             except Exception as error:  # torch.compile fails on some set-ups; say so in the table
                 row += f" failed ({type(error).__name__}) | - |"
         rows.append(row)
         print(row, flush=True)
     device = jax.devices()[0]
     title = (f"\n### JAX vs PyTorch, one training step — {datetime.date.today()}, {device.platform} "
-             f"({device.device_kind}), {platform.processor() or platform.machine()}, jax {jax.__version__}, "
-             f"torch {torch.__version__}, median of {args.repeats} after 2 warm-up steps\n")
+             f"({device.device_kind}); {'XLA native convolution' if args.native else 'layers.conv'}; "
+             f"{environment()}; median of {args.repeats} steps after 2 warm-up steps, {args.reps} interleaved "
+             f"repetitions\n")
+    print(title)
     if args.append:
         with open(args.append, "a") as file:
             file.write(title + "\n" + "\n".join(rows) + "\n")

@@ -95,29 +95,3 @@ def test_jitted_steps_reduce_loss_on_a_fixed_batch(tiny_r3d):
     model, variables, x, _ = tiny_r3d
     losses = losses_over_steps(model, variables, x, optax.sgd(0.1, momentum=0.9))
     assert losses[-1] < 0.5 * losses[0]
-
-
-@pytest.mark.parametrize("kernel, strides, padding", [
-    ((3, 7, 7), (1, 2, 2), ((1, 1), (3, 3), (3, 3))),   # the stem
-    ((3, 3, 3), (2, 2, 2), ((1, 1), (1, 1), (1, 1))),   # first conv of stages 2-4
-    ((1, 1, 1), (2, 2, 2), ((0, 0), (0, 0), (0, 0))),   # projection shortcut
-    ((3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))),
-])
-def test_3d_conv_as_one_2d_conv_matches_lax_in_value_and_gradient(kernel, strides, padding):
-    """The CPU lowering of R3D's convs (layers.conv3d_as_2d) is the same function as lax's 3-D conv."""
-    from ppfer_jax.models.layers import conv3d_as_2d
-
-    x = jax.random.normal(jax.random.key(0), (2, 5, 12, 12, 3))
-    k = jax.random.normal(jax.random.key(1), (*kernel, 3, 4))
-
-    def native(x, k):
-        return jax.lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-
-    def stacked(x, k):
-        return conv3d_as_2d(x, k, strides, padding)
-
-    np.testing.assert_allclose(stacked(x, k), native(x, k), atol=1e-4, rtol=1e-5)
-    probe = jax.random.normal(jax.random.key(2), native(x, k).shape)
-    grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * probe), argnums=(0, 1))(x, k) for f in (native, stacked)]
-    for a, b in zip(*grads, strict=True):
-        np.testing.assert_allclose(b, a, atol=1e-3, rtol=1e-4)

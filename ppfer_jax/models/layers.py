@@ -1,10 +1,13 @@
-"""Small layers shared by the models.
+"""Small layers shared by the models: the convolution every model's ``nn.Conv`` runs (fast on CPU too), and
+bilinear resizing.
 
 Bilinear resizing with PyTorch's ``align_corners=True`` semantics lives here:
 the U-Net of the paper's code (milesial Pytorch-UNet) upsamples that way, and
 ``jax.image.resize`` samples at half-pixel centres instead, so it would not
 reproduce the reference network nor accept its weights faithfully.
 """
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -50,19 +53,39 @@ def upsample_bilinear_align_corners(x: jnp.ndarray, scale: int = 2) -> jnp.ndarr
     return resize_bilinear_align_corners(x, x.shape[1] * scale, x.shape[2] * scale)
 
 
-def conv3d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-           feature_group_count=1, precision=None):
-    """``lax.conv_general_dilated`` for ``nn.Conv``'s 3-D convolutions, fast on every backend.
+PATCHES_ON_CPU = True  # benchmarks/cpu_profile.py --native turns it off to profile the convolutions as they were
+SMALL_MAP = 4  # output side (pixels) at or below which XLA:CPU's convolution leaves its fast path
 
-    XLA:CPU runs 3-D convolutions 3-8x slower than the same work as one 2-D
-    convolution, so on CPU a plain (undilated, ungrouped, explicitly padded) 3-D
-    conv is computed by ``conv3d_as_2d``; elsewhere (cuDNN, TPU) the native op runs.
-    Same kernel layout and parameters either way.
+
+def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+         feature_group_count=1, precision=None):
+    """``lax.conv_general_dilated`` for ``nn.Conv`` (its ``conv_general_dilated``), fast on every backend.
+
+    On XLA:CPU a convolution whose output map is small (a side of ``SMALL_MAP`` pixels or less: the last stages of
+    ResNet and R3D at this project's frame sizes) is computed with convolutions XLA's fast path does not take --
+    its kernel gradient with batch and feature axes swapped, the input gradient of a strided conv base-dilated --
+    up to 45x slower than the same work as a matrix product; a 1x1 stride-1 conv is a matrix product anyway; and
+    3-D convolutions are slow in general (benchmarks/RESULTS.md). So on CPU a plain (undilated, ungrouped)
+    channels-last convolution is computed as patches times a matrix (``conv_as_matmul``) in those two cases, a
+    3-D one otherwise as one 2-D convolution over time-shifted copies (``conv3d_as_2d``); elsewhere (cuDNN, TPU)
+    the native op runs. Same kernel layout and parameters either way.
     """
-    plain = (feature_group_count == 1 and not isinstance(padding, str)
+    spatial = lhs.ndim - 2
+    channels_last = dimension_numbers == jax.lax.conv_dimension_numbers(  # as nn.Conv passes them
+        lhs.shape, rhs.shape, ("N" + "DHW"[-spatial:] + "C", "DHW"[-spatial:] + "IO", "N" + "DHW"[-spatial:] + "C"))
+    if padding == "VALID":
+        padding = ((0, 0),) * spatial
+    plain = (feature_group_count == 1 and not isinstance(padding, str) and channels_last
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
-    if plain and lhs.ndim == 5 and jax.default_backend() == "cpu":
-        return conv3d_as_2d(lhs, rhs, window_strides, padding, precision=precision)
+    if plain and jax.default_backend() == "cpu":
+        window = rhs.shape[:-2]
+        out = [(n + before + after - k) // s + 1
+               for n, (before, after), k, s in zip(lhs.shape[1:-1], padding, window, window_strides)]
+        pointwise = all(k == 1 for k in window) and all(s == 1 for s in window_strides)
+        if PATCHES_ON_CPU and (min(out[-2:]) <= SMALL_MAP or pointwise):
+            return conv_as_matmul(lhs, rhs, window_strides, padding, precision=precision)
+        if spatial == 3:
+            return conv3d_as_2d(lhs, rhs, window_strides, padding, precision=precision)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                         feature_group_count=feature_group_count, precision=precision)
@@ -71,9 +94,8 @@ def conv3d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=No
 def conv3d_as_2d(x: jax.Array, kernel: jax.Array, strides, padding, precision=None) -> jax.Array:
     """A channels-last 3-D convolution (B, T, H, W, C) * (kt, kh, kw, C, O) as one 2-D convolution.
 
-    The kt time-shifted (and time-strided) copies of the padded clip are stacked
-    on the channel axis, frames are folded into the batch, and the kernel's time
-    taps become input channels: sum_i conv2d(x[t*s + i], k[i]) in a single op.
+    The kt time-shifted (and time-strided) copies of the padded clip are stacked on the channel axis, frames are
+    folded into the batch, and the kernel's time taps become input channels: sum_i conv2d(x[t*s + i], k[i]).
     """
     kt, kh, kw, c, o = kernel.shape
     (before, after), stride_t = padding[0], strides[0]
@@ -85,3 +107,21 @@ def conv3d_as_2d(x: jax.Array, kernel: jax.Array, strides, padding, precision=No
     y = jax.lax.conv_general_dilated(frames, kernel_2d, tuple(strides[1:]), tuple(padding[1:]),
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
     return y.reshape((x.shape[0], t_out) + y.shape[1:])
+
+
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, strides, padding, precision=None) -> jax.Array:
+    """A channels-last N-D convolution (B, *spatial, C) * (*window, C, O) as patches times a matrix.
+
+    The padded input's window taps (strided slices) are stacked on the channel axis, in the kernel's
+    (*window, C) order, and multiplied by the kernel reshaped to (taps * C, O): one matrix product.
+    """
+    window, out_channels = kernel.shape[:-2], kernel.shape[-1]
+    x = jnp.pad(x, ((0, 0), *(tuple(p) for p in padding), (0, 0)))
+    out = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], window, strides)]
+
+    def tap(offset):
+        return x[(slice(None),) + tuple(slice(o, o + s * (m - 1) + 1, s) for o, s, m in zip(offset, strides, out))]
+
+    taps = [tap(offset) for offset in itertools.product(*(range(k) for k in window))]
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    return jnp.dot(patches, kernel.reshape(-1, out_channels), precision=precision)

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ppfer_jax.models.layers import conv3d
+from ppfer_jax.models.layers import conv
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -49,12 +49,12 @@ def torch_padded_conv(features: int, kernel_size: Sequence[int], strides: Sequen
 
     Flax's 'SAME' pads asymmetrically under stride 2 (e.g. (2, 3) for a 7x7
     kernel), which shifts the sampling grid and would break converted weights.
-    3-D kernels go through `layers.conv3d` (fast on CPU too).
+    Runs `layers.conv` (fast on CPU too).
     """
     return nn.Conv(features, tuple(kernel_size), strides=tuple(strides),
                    padding=[(k // 2, k // 2) for k in kernel_size], use_bias=False,
                    dtype=dtype, param_dtype=jnp.float32, kernel_init=conv_kernel_init,
-                   conv_general_dilated=conv3d if len(kernel_size) == 3 else None, name=name)
+                   conv_general_dilated=conv, name=name)
 
 
 def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ppfer_jax.models.layers import upsample_bilinear_align_corners
+from ppfer_jax.models.layers import conv, upsample_bilinear_align_corners
 
 HEADS = ("linear", "sigmoid", "tanh", "residual")
 
@@ -59,7 +59,7 @@ class DoubleConv(nn.Module):
         widths = (self.mid_channels or self.out_channels, self.out_channels)
         for index, width in enumerate(widths, start=1):
             x = nn.Conv(width, (3, 3), padding=1, use_bias=self.conv_bias, dtype=self.dtype,
-                        param_dtype=jnp.float32, name=f"conv{index}")(x)
+                        param_dtype=jnp.float32, conv_general_dilated=conv, name=f"conv{index}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                              param_dtype=jnp.float32, name=f"bn{index}")(x)
             x = nn.relu(x)
@@ -152,8 +152,9 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet.head 'residual' adds to the input: expected {self.out_channels} input "
                                  f"channels, got {inputs.shape[-1]}")
             outc = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="outc",
-                           kernel_init=nn.initializers.zeros)
+                           kernel_init=nn.initializers.zeros, conv_general_dilated=conv)
             low, high = self.out_range
             return inputs.astype(jnp.float32) + 0.5 * (high - low) * jnp.tanh(outc(x).astype(jnp.float32))
-        logits = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="outc")(x)
+        logits = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name="outc",
+                         conv_general_dilated=conv)(x)
         return apply_head(logits.astype(jnp.float32), self.head, self.out_range)

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ppfer_jax.models.layers import conv
+
 # name -> (embed_dim, depth, num_heads). ``depth`` counts the in- and out-blocks
 # (as U-ViT's configs do); the model adds one mid block. 'tiny' is for tests.
 UVIT_SIZES = {
@@ -156,7 +158,8 @@ class UViT(nn.Module):
         dense = dict(dtype=self.dtype, param_dtype=jnp.float32, kernel_init=dense_init)
 
         patches = nn.Conv(dim, (self.patch_size, self.patch_size), strides=self.patch_size, padding="VALID",
-                          dtype=self.dtype, param_dtype=jnp.float32, name="patch_embed")(x)
+                          dtype=self.dtype, param_dtype=jnp.float32, conv_general_dilated=conv,
+                          name="patch_embed")(x)
         tokens = [patches.reshape(batch, grid * grid, dim)]
 
         if timesteps is None:
@@ -194,5 +197,5 @@ class UViT(nn.Module):
         x = unpatchify(x[:, extras:], grid, grid, self.patch_size)
         if self.use_conv:
             x = nn.Conv(out_channels, (3, 3), padding=1, dtype=self.dtype, param_dtype=jnp.float32,
-                        name="final_layer")(x)
+                        conv_general_dilated=conv, name="final_layer")(x)
         return x.astype(jnp.float32)
