@@ -1,13 +1,13 @@
 """Where a ResNet-50 and an R3D-18 training step spend their time on CPU, in JAX and in PyTorch, by component.
 
-    python benchmarks/cpu_profile.py [--steps 3] [--native] [--append benchmarks/RESULTS.md]
+    python benchmarks/cpu_profile.py [--steps 3] [--patches] [--append benchmarks/RESULTS.md]
 
 JAX: the jitted step (``benchmarks/jax_vs_torch.py``'s) is traced with ``jax.profiler``; each XLA thunk's time
 is attributed, through the compiled HLO's ``op_name`` metadata, to the model scope it comes from (forward, or
 ``transpose`` = backward) and sorted into components. PyTorch: ``torch.profiler`` over the same number of steps,
 its aten ops sorted into the same components. Times are per step, summed over threads (both runtimes run ops
-on 2 threads here, so a component's share is what matters). ``--native`` profiles XLA's own convolution instead of
-``layers.conv``'s patches-times-matrix lowering (how the models ran before).
+on 2 threads here, so a component's share is what matters). ``--patches`` profiles ``layers.conv``'s
+patches-times-matrix lowering of small-map convs (``layers.PATCHES_ON_CPU``, off by default).
 """
 
 from __future__ import annotations
@@ -134,11 +134,10 @@ def profile_torch(model: str, steps: int) -> dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--native", action="store_true", help="XLA's own convolution, as before layers.conv")
+    parser.add_argument("--patches", action="store_true", help="layers.PATCHES_ON_CPU: small-map convs as matmuls")
     parser.add_argument("--append", type=Path, default=None)
     args = parser.parse_args(argv)
-    if args.native:
-        layers.PATCHES_ON_CPU = False
+    layers.PATCHES_ON_CPU = args.patches
     lines = []
     for model in MODELS:
         jax_ms, torch_ms = profile_jax(model, args.steps), profile_torch(model, args.steps)
@@ -156,7 +155,7 @@ def main(argv=None) -> int:
         lines.append(f"| total (summed over threads) | {jax_total:.1f} | {torch_total:.1f} |")
         lines.append(f"| step wall time, profiler on | {jax_ms['wall']:.1f} | {torch_ms['wall']:.1f} |")
     title = (f"\n### CPU profile of one training step by component — {datetime.date.today()}; "
-             f"{'XLA native convolution' if args.native else 'layers.conv (patches x matrix on CPU)'}; "
+             f"{'layers.PATCHES_ON_CPU (patches x matrix on CPU)' if args.patches else 'XLA native convolution'}; "
              f"{environment()}; {args.steps} steps\n")
     text = title + "\n".join(lines) + "\n"
     print(text)

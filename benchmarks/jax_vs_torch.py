@@ -1,6 +1,6 @@
 """One training step (forward + backward + Adam) of the same model in jitted JAX and in PyTorch.
 
-    python benchmarks/jax_vs_torch.py [--repeats 10] [--reps 3] [--compile] [--append benchmarks/RESULTS.md]
+    python benchmarks/jax_vs_torch.py [--repeats 10] [--reps 3] [--patches] [--compile] [--append RESULTS.md]
 
 Same architecture, batch and input size on both sides (the torch models are torchvision's, or the
 plain-PyTorch U-Net / U-ViT of tests/test_convert.py). Each model is built and compiled once per framework;
@@ -129,12 +129,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (at least 3)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     parser.add_argument("--models", nargs="*", default=None, help="a subset of the models (name prefixes)")
-    parser.add_argument("--native", action="store_true",
-                        help="XLA's own convolution instead of layers.conv's patches x matrix (as before it)")
+    parser.add_argument("--patches", action="store_true",
+                        help="layers.PATCHES_ON_CPU: small-map and 1x1 convs as patches x matrix on CPU")
     parser.add_argument("--append", type=Path, default=None, help="append a Markdown table to this file")
     args = parser.parse_args(argv)
-    if args.native:
-        layers.PATCHES_ON_CPU = False
+    layers.PATCHES_ON_CPU = args.patches
     if args.reps < 3:
         parser.error("--reps: at least 3 interleaved repetitions")
     header = "| model (fwd+bwd+Adam) | JAX jit (ms) | torch eager (ms) | eager / JAX (median, range) |"
@@ -162,7 +161,7 @@ def main(argv=None) -> int:
         print(row, flush=True)
     device = jax.devices()[0]
     title = (f"\n### JAX vs PyTorch, one training step — {datetime.date.today()}, {device.platform} "
-             f"({device.device_kind}); {'XLA native convolution' if args.native else 'layers.conv'}; "
+             f"({device.device_kind}); {'layers.PATCHES_ON_CPU' if args.patches else 'XLA native convolution'}; "
              f"{environment()}; median of {args.repeats} steps after 2 warm-up steps, {args.reps} interleaved "
              f"repetitions\n")
     print(title)

@@ -11,6 +11,7 @@ from ppfer_jax.nets import Nets
 from conftest import TINY
 
 
+@pytest.mark.slow  # compiles each network twice, in float32 and bf16
 @pytest.mark.parametrize("name", ["recovery", "v_pl", "f_fc", "f_u"])  # U-Net, ResNet-18, U-ViT, R3D-18
 def test_bf16_computes_in_bf16_with_float32_params_and_output(name):
     f32, bf16 = Nets(load_config(TINY)), Nets(load_config(TINY, ["dtype=bfloat16"]))

@@ -53,7 +53,9 @@ def upsample_bilinear_align_corners(x: jnp.ndarray, scale: int = 2) -> jnp.ndarr
     return resize_bilinear_align_corners(x, x.shape[1] * scale, x.shape[2] * scale)
 
 
-PATCHES_ON_CPU = True  # benchmarks/cpu_profile.py --native turns it off to profile the convolutions as they were
+# Off by default: on the synthetic configs it makes compiling slower (test suite 17 -> 24 min) and the default run
+# no faster; benchmarks/jax_vs_torch.py and cpu_profile.py --patches turn it on (benchmarks/RESULTS.md).
+PATCHES_ON_CPU = False
 SMALL_MAP = 4  # output side (pixels) at or below which XLA:CPU's convolution leaves its fast path
 
 
@@ -61,13 +63,13 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
          feature_group_count=1, precision=None):
     """``lax.conv_general_dilated`` for ``nn.Conv`` (its ``conv_general_dilated``), fast on every backend.
 
-    On XLA:CPU a convolution whose output map is small (a side of ``SMALL_MAP`` pixels or less: the last stages of
+    With ``PATCHES_ON_CPU``: on XLA:CPU a convolution whose output map is small (a side of ``SMALL_MAP`` pixels or less: the last stages of
     ResNet and R3D at this project's frame sizes) is computed with convolutions XLA's fast path does not take --
     its kernel gradient with batch and feature axes swapped, the input gradient of a strided conv base-dilated --
     up to 45x slower than the same work as a matrix product; a 1x1 stride-1 conv is a matrix product anyway; and
     3-D convolutions are slow in general (benchmarks/RESULTS.md). So on CPU a plain (undilated, ungrouped)
-    channels-last convolution is computed as patches times a matrix (``conv_as_matmul``) in those two cases, a
-    3-D one otherwise as one 2-D convolution over time-shifted copies (``conv3d_as_2d``); elsewhere (cuDNN, TPU)
+    channels-last convolution is computed as patches times a matrix (``conv_as_matmul``) in those two cases. A 3-D
+    one otherwise runs as one 2-D convolution over time-shifted copies (``conv3d_as_2d``); elsewhere (cuDNN, TPU)
     the native op runs. Same kernel layout and parameters either way.
     """
     spatial = lhs.ndim - 2
