@@ -1,5 +1,5 @@
-"""Small layers shared by the models: the convolution every model's ``nn.Conv`` runs (fast on CPU too), and
-bilinear resizing.
+"""Small layers shared by the models: the convolution every model's ``nn.Conv`` runs (with its CPU lowerings),
+and bilinear resizing.
 
 Bilinear resizing with PyTorch's ``align_corners=True`` semantics lives here:
 the U-Net of the paper's code (milesial Pytorch-UNet) upsamples that way, and
@@ -61,10 +61,11 @@ SMALL_MAP = 4  # output side (pixels) at or below which XLA:CPU's convolution le
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
          feature_group_count=1, precision=None):
-    """``lax.conv_general_dilated`` for ``nn.Conv`` (its ``conv_general_dilated``), fast on every backend.
+    """``lax.conv_general_dilated`` for ``nn.Conv`` (its ``conv_general_dilated``), with CPU lowerings.
 
-    With ``PATCHES_ON_CPU``: on XLA:CPU a convolution whose output map is small (a side of ``SMALL_MAP`` pixels or less: the last stages of
-    ResNet and R3D at this project's frame sizes) is computed with convolutions XLA's fast path does not take --
+    With ``PATCHES_ON_CPU``: on XLA:CPU a convolution whose output map is small (a side of ``SMALL_MAP`` pixels or
+    less: the last stages of ResNet and R3D at this project's frame sizes) is computed with convolutions XLA's fast
+    path does not take --
     its kernel gradient with batch and feature axes swapped, the input gradient of a strided conv base-dilated --
     up to 45x slower than the same work as a matrix product; a 1x1 stride-1 conv is a matrix product anyway; and
     3-D convolutions are slow in general (benchmarks/RESULTS.md). So on CPU a plain (undilated, ungrouped)

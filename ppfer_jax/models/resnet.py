@@ -49,7 +49,7 @@ def torch_padded_conv(features: int, kernel_size: Sequence[int], strides: Sequen
 
     Flax's 'SAME' pads asymmetrically under stride 2 (e.g. (2, 3) for a 7x7
     kernel), which shifts the sampling grid and would break converted weights.
-    Runs `layers.conv` (fast on CPU too).
+    Runs `layers.conv` (3-D kernels as one 2-D conv on CPU).
     """
     return nn.Conv(features, tuple(kernel_size), strides=tuple(strides),
                    padding=[(k // 2, k // 2) for k in kernel_size], use_bias=False,
