@@ -13,20 +13,34 @@ def stage(steps: int, batch_size: int, learning_rate: float, eval_every: int | N
                                           eval_every=eval_every, schedule=schedule))
 
 
-def robust_privacy(*, adversaries: int, restart_every: int, copies: str,
-                   adversary_frames: int = 2) -> ml_collections.ConfigDict:
-    """``privacy.robust``: how ``ppfer_robust`` trains its enhancers (``ppfer_jax/stages/robust_privacy.py``).
+def robust_privacy(*, adversaries: int, restart_every: int, warmup_steps: int, copies: str = "vmap",
+                   adversary_steps: int = 4, privacy_weight: float = 0.1, mmd_weight: float = 1.0,
+                   frames_per_clip: int = 4) -> ml_collections.ConfigDict:
+    """``privacy.robust``: how ``ppfer_robust`` trains its code autoencoders (``ppfer_jax/stages/robust_privacy.py``).
 
     ``objective``: the bounded privacy loss ('kl_uniform' or 'entropy'), worst case over ``adversaries``
-    co-trained identity classifiers per band (and the frozen band controller, ``with_controllers``); one
-    adversary restarts from fresh weights every ``restart_every`` steps, round-robin; the adversaries see
-    ``adversary_frames`` random frames of each clip per step; ``copies`` applies the stacked copies with 'vmap'
-    (accelerators) or a 'loop' (faster on CPU). ``expression_weight``: the frozen C_fc's CE on G;
-    ``fidelity_weight``: L1 of G to the original frames.
+    co-trained MLPs on the code, each updated ``adversary_steps`` times per enhancer step; one adversary restarts
+    from fresh weights every ``restart_every`` steps, round-robin; ``copies`` applies the stacked copies with
+    'vmap' or a 'loop'. ``privacy_weight`` (the adversaries' term) and ``mmd_weight`` (each person's codes against
+    the batch's, ``losses.group_mmd``) are reached after ``warmup_steps`` of neither and a linear ramp of as many;
+    ``expression_weight``: the code's expression head's CE; ``fidelity_weight``: L1 of the decoded G to the
+    original frames (the decoders' loss only). Each step reads ``frames_per_clip`` random frames of each clip.
     """
     return ml_collections.ConfigDict(dict(objective="kl_uniform", adversaries=adversaries,
-                                          restart_every=restart_every, copies=copies, adversary_frames=adversary_frames,
-                                          with_controllers=True, expression_weight=1.0, fidelity_weight=1.0))
+                                          restart_every=restart_every, copies=copies, adversary_steps=adversary_steps,
+                                          privacy_weight=privacy_weight, mmd_weight=mmd_weight,
+                                          warmup_steps=warmup_steps, frames_per_clip=frames_per_clip,
+                                          expression_weight=1.0, fidelity_weight=1.0))
+
+
+def code_enhancers(*, features: int, depth: int, code_dim: int) -> dict[str, dict]:
+    """``config.model``'s sections of ``ppfer_robust``'s networks: one code autoencoder per Haar band (LL in
+    [0, 2], details in [-1, 1]), the MLP identity adversaries on the code and the code's linear expression head."""
+    autoencoder = dict(name="code_autoencoder", features=features, depth=depth, code_dim=code_dim, init_from=None)
+    return {"robust_enhancer_low": dict(autoencoder, head="sigmoid", out_range=(0.0, 2.0)),
+            "robust_enhancer_high": dict(autoencoder, head="tanh", out_range=(-1.0, 1.0)),
+            "code_adversary": dict(name="mlp", hidden=(128, 128), init_from=None),
+            "code_expression": dict(name="mlp", hidden=(), init_from=None)}
 
 
 def parallelism(fsdp: int = 1) -> dict[str, ml_collections.ConfigDict]:

@@ -7,7 +7,7 @@ download (``ppfer-jax prepare cremad``); nothing is fetched from the network.
 
 import ml_collections
 
-from configs.common import evaluation_suite, parallelism, robust_privacy, stage
+from configs.common import code_enhancers, evaluation_suite, parallelism, robust_privacy, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,6 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 3136: 269 TFLOP and, by XLA's estimate, about 1 TB per training step of one 16-frame clip.)
     c.model.compensator = dict(name="uvit", size="H", patch_size=7, remat=True, init_from=None)
     c.model.utility = dict(name="r3d_18", width=64, remat=False, init_from=None)
+    # ppfer_robust (ours): per-band code autoencoders, 56 px bands to a 7x7 map and a 32-number code each.
+    c.model.update(code_enhancers(features=64, depth=3, code_dim=32))
     # `ppfer-jax reproduce`: the whole-frame enhancer (ablations Tasks 1-3, trade-off anonymiser) and the recovery
     # attacker, both the paper's full-scale U-Net.
     c.model.enhancer_frame = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 1.0),
@@ -67,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.privacy = ml_collections.ConfigDict()
     c.privacy.objective = "neg_ce"  # the paper's
     c.privacy.selection_target = 2.0  # s1's checkpoint: see configs/synthetic.py
-    c.privacy.robust = robust_privacy(adversaries=4, restart_every=500, copies="vmap")
+    c.privacy.robust = robust_privacy(adversaries=4, restart_every=500, warmup_steps=1000)
     c.compensation = ml_collections.ConfigDict()
     c.compensation.residual = True  # F_fc = G + U-ViT(G), zero-init output (paper: ImageNet U-ViT-H/2 weights)
     c.evaluate = ml_collections.ConfigDict()
@@ -93,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.no_privacy = stage(10000, 16, 1e-3, schedule="cosine")
     t.adaptive_attack = stage(5000, 64, 1e-3)
     t.clip_attack = stage(5000, 16, 1e-3, schedule="cosine")
-    t.robust_privacy = stage(5000, 8, 1e-4, eval_every=500)
+    t.robust_privacy = stage(5000, 64, 1e-3, eval_every=500)
     # `ppfer-jax reproduce` (configs/common.py evaluation_suite): sigma in px at 112 px frames.
     c.update(evaluation_suite(sigma_range=(0.0, 48.0), flow_max_magnitude=4.0))
     t.pretrain_frame_controller = stage(5000, 64, 1e-3)

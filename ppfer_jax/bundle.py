@@ -8,7 +8,7 @@ those networks and the part of the run's config that rebuilds them::
       manifest.json              format version, versions, date, the run's evaluation numbers, checksums
       config.json                image size, frames per clip, wavelet, compensation, dtype, the networks' specs
       f_low/variables.msgpack    F_lpr (+ spec.json; ``convert.save_variables``' layout)
-      f_high/ f_fc/ [f_u/]
+      f_high/ f_fc/ [f_u/]       (ppfer_robust: r_low/ r_high/, its code autoencoders, instead of f_low/ f_high/)
 
 ``config.json`` is the run's config cut down to the keys ``nets.Nets`` reads for these networks, so
 ``Bundle.anonymise`` runs exactly the chain the evaluation scored. This module is inference only: it imports the
@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from ppfer_jax.convert import load_variables
-from ppfer_jax.nets import ANONYMISER, Nets, compensated_clips, to_float, to_uint8
+from ppfer_jax.nets import PRIVATIZERS, Nets, anonymiser_networks, compensated_clips, to_float, to_uint8
 
 FORMAT = "ppfer-jax-bundle"
 FORMAT_VERSION = 1  # bump when a bundle written by this version cannot be read by an older one, or vice versa
@@ -78,7 +78,7 @@ class Bundle:
         """uint8 clips (B, T, H, W, 3) at the bundle's size -> their privacy-preserved, compensated uint8 clips,
         ``to_uint8(F_fc(merge(F_lpr(low), F_hpr(high))))`` frame by frame, as the evaluation scored them."""
         self._check_clips(clips, "anonymise")
-        return np.asarray(self._anonymise_fn({n: self.variables[n] for n in ANONYMISER}, clips))
+        return np.asarray(self._anonymise_fn({n: v for n, v in self.variables.items() if n != UTILITY}, clips))
 
     def predict(self, anonymised) -> np.ndarray:
         """F_u's expression logits (B, classes) of *anonymised* uint8 clips (``anonymise``'s output, what F_u was
@@ -116,11 +116,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"bundle {path}: {CONFIG} is missing")
     config = ml_collections.ConfigDict(with_tuples(read_json(config_path, BundleError)))
     names = tuple(manifest.get("networks", ()))
-    missing = [name for name in ANONYMISER if name not in names]
-    unknown = [name for name in names if name not in ANONYMISER + (UTILITY,)]
-    if missing or unknown:
-        raise BundleError(f"{path / MANIFEST}: networks {list(names)}: expected {', '.join(ANONYMISER)} and "
-                          f"optionally {UTILITY}")
+    chains = [anonymiser_networks(p) for p in PRIVATIZERS]
+    if not any(set(names) - {UTILITY} == set(chain) for chain in chains):
+        raise BundleError(f"{path / MANIFEST}: networks {list(names)}: expected one anonymiser chain of "
+                          f"{' or '.join(', '.join(chain) for chain in chains)}, and optionally {UTILITY}")
     nets = Nets(config)
     variables = {name: _load_network(path, name, nets, manifest) for name in names}
     return Bundle(path, manifest, config, variables)

@@ -164,7 +164,9 @@ def evaluate(ctx, anonymiser_stages: dict, method_rows: dict) -> dict:
                                       "SSIM of G": privacy["best"]["metrics"]["ssim_g"],
                                       "selected_step": privacy["best"]["step"]},
         "robust_selection": {"selected_step": robust["best"]["step"],
-                             "held-out ridge attacker on G (val)": robust["best"]["metrics"]["held_out_attacker_acc"],
+                             "held-out ridge attacker on the code (val)":
+                                 robust["best"]["metrics"]["held_out_attacker_acc"],
+                             "code's expression head (val)": robust["best"]["metrics"]["expression_acc"],
                              "C_fc on G (val)": robust["best"]["metrics"]["c_fc_acc_on_g"]},
         "expression_controller": {"C_fc on clean val frames": expression["c_fc_acc_val_frames"],
                                   **{f"C_fc on {kind} ({m}, val)":

@@ -31,7 +31,7 @@ from ppfer_jax.bundle import (
     with_tuples,
 )
 from ppfer_jax.convert import save_variables
-from ppfer_jax.nets import ANONYMISER, NETWORKS
+from ppfer_jax.nets import NETWORKS
 from ppfer_jax.parallel import mesh_from_config
 from ppfer_jax.recipes import run
 
@@ -55,7 +55,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, *, with_utility: 
     method = method or default_method(workdir)
     if method not in METHODS:
         raise ValueError(f"export: --method {method!r}: expected one of {', '.join(METHODS)}")
-    names = ANONYMISER + ((UTILITY,) if with_utility else ())
+    names = tuple(run.ANONYMISER_STAGES[method]) + ((UTILITY,) if with_utility else ())
     sources = {**run.ANONYMISER_STAGES[method], UTILITY: run.METHOD_ROWS[method]["utility"]}
     config = load_run_config(workdir)
     _check_finished(workdir, [sources[name] for name in names])

@@ -10,8 +10,9 @@ Names: c_low / c_high (identity controllers on the low / high band), v_pl (the l
 second frozen validator that chooses s1's checkpoint, so the reported V_pl never does), c_fc (expression
 controller), f_low / f_high (privacy enhancers, U-Net), f_fc (compensator, U-ViT), f_u (utility R3D on clips),
 attacker / clip_attacker (fresh identity classifiers on anonymised frames / clips: the adaptive attacks),
-adv_low / adv_high (ppfer_robust's co-trained band adversaries, ``privacy.robust.adversaries`` stacked copies
-each); for ``reproduce``: f_frame / c_frame (a whole-frame enhancer and its controller), adversary (the
+r_low / r_high (ppfer_robust's band enhancers, code autoencoders), adv_code (its co-trained adversaries on the
+code, ``privacy.robust.adversaries`` stacked copies), expression_code (its expression head on the code); for
+``reproduce``: f_frame / c_frame (a whole-frame enhancer and its controller), adversary (the
 trade-off baseline's) and recovery (the threat model's U-Net).
 """
 
@@ -46,14 +47,23 @@ def _high_bands(c) -> dict:
     return dict(out_channels=3 * wavelets.num_high_bands(c.wavelet.spatiotemporal))
 
 
+def _low_band(c) -> dict:
+    return dict(out_channels=3, size=c.data.image_size // 2)
+
+
+def _high_band(c) -> dict:
+    return dict(_high_bands(c), size=c.data.image_size // 2)
+
+
 def _image(c) -> dict:
     return dict(img_size=c.data.image_size, in_channels=3)
 
 
 @dataclasses.dataclass(frozen=True)
 class Network:
-    """One network of a run: its config section (``config.model[section]``), its input ('frame', 'low', 'high' or
-    'clip'), the fields its job fixes, and whether it is a stack of copies (``privacy.robust.adversaries``)."""
+    """One network of a run: its config section (``config.model[section]``), its input ('frame', 'low', 'high',
+    'clip' or 'code', the two band codes of ``ppfer_robust``'s enhancers side by side), the fields its job fixes,
+    and whether it is a stack of copies (``privacy.robust.adversaries``)."""
 
     section: str
     input: str
@@ -74,15 +84,16 @@ NETWORKS = {
     "v_sel": Network("validator", "frame", _identities),
     "attacker": Network("validator", "frame", _identities),
     "clip_attacker": Network("utility", "clip", _identities),
-    "adv_low": Network("identity_controller", "low", _identities, stacked=True),
-    "adv_high": Network("identity_controller", "high", _identities, stacked=True),
+    "r_low": Network("robust_enhancer_low", "low", _low_band),
+    "r_high": Network("robust_enhancer_high", "high", _high_band),
+    "adv_code": Network("code_adversary", "code", _identities, stacked=True),
+    "expression_code": Network("code_expression", "code", _expressions),
     "f_frame": Network("enhancer_frame", "frame", _rgb),
     "c_frame": Network("identity_controller", "frame", _identities),
     "adversary": Network("validator", "frame", _identities),
     "recovery": Network("recovery", "frame", _rgb),
 }
 PAPER_NETWORKS = tuple(name for name, net in NETWORKS.items() if net.label)  # the paper's eight, for `check`
-ANONYMISER = ("f_low", "f_high", "f_fc")  # the networks that make an anonymised clip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,9 +127,17 @@ class Nets:
         """The shape of one example of the network's input."""
         d = self.config.data
         half = d.image_size // 2
+        kind = NETWORKS[name].input
+        if kind == "code":  # only a config with ppfer_robust's sections has a code
+            return (self.code_dim,)
         return {"frame": (d.image_size, d.image_size, 3), "low": (half, half, 3),
                 "high": (half, half, _high_bands(self.config)["out_channels"]),
-                "clip": (d.num_frames, d.image_size, d.image_size, 3)}[NETWORKS[name].input]
+                "clip": (d.num_frames, d.image_size, d.image_size, 3)}[kind]
+
+    @property
+    def code_dim(self) -> int:
+        """Width of ``ppfer_robust``'s code: its two band encoders' codes side by side."""
+        return sum(self.spec(name)["code_dim"] for name in CODE.enhancers)
 
     def init(self, name: str, key: jax.Array) -> dict:
         """Fresh variables {'params', 'batch_stats'} of one network (of every copy, stacked, for a stack)."""
@@ -158,8 +177,9 @@ class Nets:
         return wavelets.merge(low, high, wavelet=self.config.wavelet.name, spatiotemporal=False)
 
     def privatize(self, frozen: dict, frames: jax.Array) -> jax.Array:
-        """G = merge(F_lpr(low), F_hpr(high)) of float frames (..., H, W, 3), frame by frame."""
-        return WAVELET.apply(self, frozen, frames)
+        """G = merge(F_lpr(low), F_hpr(high)) of float frames (..., H, W, 3), frame by frame, with the band
+        enhancers ``frozen`` holds (``privatizer_of``)."""
+        return privatizer_of(frozen).apply(self, frozen, frames)
 
     def compensate(self, variables: dict, g: jax.Array) -> jax.Array:
         """C = F_fc(G) frame by frame (G + U-ViT(G) when compensation.residual)."""
@@ -195,11 +215,29 @@ class Privatizer:
 
 
 WAVELET = Privatizer(("f_low", "f_high"), ("c_low", "c_high"), wavelet=True)
+CODE = Privatizer(("r_low", "r_high"), ("c_low", "c_high"), wavelet=True)  # ppfer_robust's code autoencoders
 FRAMES = Privatizer(("f_frame",), ("c_frame",), wavelet=False)
+PRIVATIZERS = (WAVELET, CODE, FRAMES)
 
 
-def compensated_clips(nets: Nets, frozen: dict, video: jax.Array, privatizer: Privatizer = WAVELET) -> jax.Array:
-    """C = F_fc(merge(F_lpr(low), F_hpr(high))) of uint8 clips, all upstream frozen."""
+def privatizer_of(variables) -> Privatizer:
+    """The privatizer whose enhancers ``variables`` (a dict or names) holds: the paper's U-Nets or the codes."""
+    found = [p for p in PRIVATIZERS if set(p.enhancers) <= set(variables)]
+    if len(found) != 1:
+        raise ValueError(f"expected the enhancers of exactly one of {[p.enhancers for p in PRIVATIZERS]}, got "
+                         f"{sorted(variables)}")
+    return found[0]
+
+
+def anonymiser_networks(privatizer: Privatizer) -> tuple[str, ...]:
+    """The networks that make an anonymised clip with this privatizer: its enhancers and the compensator."""
+    return privatizer.enhancers + ("f_fc",)
+
+
+def compensated_clips(nets: Nets, frozen: dict, video: jax.Array, privatizer: Privatizer | None = None) -> jax.Array:
+    """C = F_fc(merge(F_lpr(low), F_hpr(high))) of uint8 clips, all upstream frozen (``privatizer``: by default the
+    one whose enhancers ``frozen`` holds)."""
+    privatizer = privatizer or privatizer_of(frozen)
     return nets.compensate(frozen["f_fc"], privatizer.apply(nets, frozen, to_float(video)))
 
 

@@ -19,7 +19,7 @@ PAPER = {
     "table2_avg": {"no_privacy": 0.872, "ppfer": 0.788},
 }
 ROWS = (("no_privacy", "No privacy preservation"), ("ppfer", "PPFER (ours, the paper's Algorithm 1)"),
-        ("ppfer_robust", "PPFER-robust (bounded objective, co-trained restarted adversaries)"))
+        ("ppfer_robust", "PPFER-robust (identity-free code per band, co-trained restarted adversaries)"))
 
 
 def build(results: dict, config_dict: dict, timings: dict) -> dict:

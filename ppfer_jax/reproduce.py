@@ -90,8 +90,8 @@ def build_row(key: str, runner: pipeline.StageRunner) -> Row:
         trained = {role: run.STAGE_BY_NAME[stage] for role, stage in run.METHOD_ROWS[key].items()}
         recovery = {"ppfer": "attack/recovery", "ppfer_robust": "robust/attack_recovery"}[key]
         note = (f"Algorithm 1 objective {config.privacy.objective!r}" if key == "ppfer" else
-                f"worst case over {config.privacy.robust.adversaries} co-trained adversaries per band, "
-                f"objective {config.privacy.robust.objective!r}")
+                f"code autoencoders per band; worst case over {config.privacy.robust.adversaries} co-trained "
+                f"adversaries on the code, objective {config.privacy.robust.objective!r}")
         return Row(key, TABLE1[key], "table1", key, recovery=recovery_stage(recovery, key), note=note, **trained)
     if key in ("blur1", "blur2"):
         search = _blur_search(key, runner)

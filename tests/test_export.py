@@ -13,23 +13,25 @@ from ppfer_jax import bundle as bundle_lib
 from ppfer_jax import convert, export
 from ppfer_jax.context import Context
 from ppfer_jax.cli import main
-from ppfer_jax.nets import ANONYMISER, compensated_clips, to_uint8
+from ppfer_jax.nets import NETWORKS, compensated_clips, to_uint8
 from ppfer_jax.recipes import run
 from ppfer_jax.parallel import make_mesh
 
 
 def test_bundle_holds_only_the_anonymiser_and_the_utility_model(tiny_run, tiny_bundle):
     directories = {p.name for p in tiny_bundle.iterdir() if p.is_dir()}
-    assert directories == {"f_low", "f_high", "f_fc", "f_u"}  # no controller, validator or attacker
+    method = json.loads((tiny_bundle / "manifest.json").read_text())["method"]
+    # no controller, validator or attacker: the method's band enhancers, F_fc and F_u
+    assert directories == {*run.ANONYMISER_STAGES[method], "f_u"}
     files = {str(p.relative_to(tiny_bundle)) for p in tiny_bundle.rglob("*") if p.is_file()}
     assert files == {"manifest.json", "config.json"} | {f"{n}/{f}" for n in directories
                                                          for f in ("variables.msgpack", "spec.json")}
     config = json.loads((tiny_bundle / "config.json").read_text())
-    assert set(config["model"]) == {"enhancer_low", "enhancer_high", "compensator", "utility"}
+    assert set(config["model"]) == {NETWORKS[n].section for n in directories}  # e.g. enhancer_low, compensator
     assert "train" not in config and "seed" not in config["data"]
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert manifest["format_version"] == bundle_lib.FORMAT_VERSION
-    assert manifest["networks"] == ["f_low", "f_high", "f_fc", "f_u"]
+    assert manifest["networks"] == [*run.ANONYMISER_STAGES[manifest["method"]], "f_u"]
     assert {"ppfer-jax", "jax", "flax"} <= set(manifest["versions"])
     assert set(manifest["evaluation"]["table1"]) == {"no_privacy", "ppfer", "ppfer_robust"}
     assert manifest["method"] == export.default_method(tiny_run)
@@ -66,16 +68,18 @@ def test_export_takes_the_method_asked_for_and_defaults_to_the_more_private_one(
         bundle = bundle_lib.load_bundle(export.export(tiny_run, tmp_path / method, method=method))
         assert bundle.manifest["method"] == method
         ctx = run.context(export.load_run_config(tiny_run), tiny_run, make_mesh())
-        expected = ctx.network("f_low", run.ANONYMISER_STAGES[method]["f_low"])
-        for x, y in zip(jax.tree.leaves(bundle.variables["f_low"]), jax.tree.leaves(expected), strict=True):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        assert set(bundle.variables) == set(run.ANONYMISER_STAGES[method])  # f_low/f_high or r_low/r_high, f_fc
+        for name, stage in run.ANONYMISER_STAGES[method].items():
+            expected = ctx.network(name, stage)
+            for x, y in zip(jax.tree.leaves(bundle.variables[name]), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     with pytest.raises(ValueError, match="--method 'nope'"):
         export.export(tiny_run, tmp_path / "x", method="nope")
 
 
 def test_a_bundle_without_utility_refuses_to_predict(tiny_run, tmp_path):
     bundle = bundle_lib.load_bundle(export.export(tiny_run, tmp_path / "b"))
-    assert set(bundle.variables) == set(ANONYMISER)
+    assert set(bundle.variables) == set(run.ANONYMISER_STAGES[bundle.manifest["method"]])
     with pytest.raises(bundle_lib.BundleError, match="no utility model"):
         bundle.predict(np.zeros((1, 4, 32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match=r"uint8 clips \(B, T, 32, 32, 3\)"):
@@ -139,6 +143,8 @@ def test_cli_export_overwrites_on_request_and_says_how_to_use_the_bundle(tiny_ru
     args = ["export", "--workdir", str(tiny_run), "--out", str(out), "--with-utility", "--overwrite"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "f_low, f_high, f_fc, f_u" in printed and "ppfer-jax anonymize" in printed and "PLR" in printed
+    method = json.loads((out / "manifest.json").read_text())["method"]
+    assert f"{', '.join(run.ANONYMISER_STAGES[method])}, f_u" in printed
+    assert "ppfer-jax anonymize" in printed and "PLR" in printed
     assert not (out / "stale").exists() and (out / "manifest.json").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging or moved-aside directory left

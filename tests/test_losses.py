@@ -57,3 +57,24 @@ def test_cross_entropy_matches_hand_computation_and_honours_the_mask():
 def test_unknown_objective_names_the_config_key():
     with pytest.raises(ValueError, match="privacy.objective"):
         losses.privacy_loss(jnp.zeros((1, K)), jnp.array([0]), "max_ce")
+
+
+def test_group_mmd_matches_a_direct_sum_and_tells_shifted_groups_from_mixed_ones():
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(18, 3)).astype(np.float32)
+    groups = np.repeat(np.arange(3), 6)
+    z = (codes - codes.mean(0)) / (codes.std(0) + 1e-6)
+
+    def kernel(a, b):
+        d = np.sum((a - b) ** 2) / 3
+        return sum(np.exp(-d / w) for w in (0.25, 1.0, 4.0))
+
+    def mmd(x, y):  # biased estimator, written out
+        return (np.mean([kernel(a, b) for a in x for b in x]) + np.mean([kernel(a, b) for a in y for b in y])
+                - 2 * np.mean([kernel(a, b) for a in x for b in y]))
+
+    # group 3 of 4 is absent: the mean runs over the groups present
+    expected = np.mean([mmd(z[groups == g], z) for g in range(3)])
+    assert float(losses.group_mmd(jnp.asarray(codes), jnp.asarray(groups), 4)) == pytest.approx(expected, rel=1e-5)
+    shifted = codes + 3.0 * groups[:, None]
+    assert float(losses.group_mmd(jnp.asarray(shifted), jnp.asarray(groups), 3)) > 3 * expected

@@ -68,7 +68,7 @@ def test_pipeline_runs_end_to_end_and_writes_the_tables(uninterrupted):
     assert set(results["attackers"]) == {"frozen validator V_pl", "adaptive frame attacker", "adaptive clip attacker",
                                          "relabelling check"}
     chosen = json.loads((workdir / "robust/privacy/DONE.json").read_text())["best"]  # the report names the choice
-    assert results["robust_selection"]["held-out ridge attacker on G (val)"] == \
+    assert results["robust_selection"]["held-out ridge attacker on the code (val)"] == \
         chosen["metrics"]["held_out_attacker_acc"]
     assert results["chance_plr"] == pytest.approx(1 / 6)
     assert set(results["controllers_clean_accuracy"]) == {"C_lpr (low band)", "C_hpr (high band)", "V_pl (frames)",

@@ -1,5 +1,6 @@
-"""ppfer_robust's pieces: the worst-case bounded objective, the adversaries' round-robin restart, the held-out
-ridge attacker that chooses its checkpoint, and the relabelling check."""
+"""ppfer_robust's pieces: the code autoencoder, the worst-case bounded objective, the adversaries' round-robin
+restart, the stop-gradient and warm-up of its loss, the held-out ridge attacker that chooses its checkpoint, and the
+relabelling check."""
 
 import jax
 import jax.numpy as jnp
@@ -58,18 +59,17 @@ def test_restart_gives_exactly_one_adversary_copy_fresh_weights_and_zero_moments
     # non-zero moments everywhere, as after some training
     state = state.replace(opt_state=jax.tree.map(lambda x: x + 1.0 if x.ndim else x, state.opt_state))
     for step, copy in ((0, None), (every, 1 % k), (2 * every, 2 % k), (every + 1, None)):
-        params, _, opt_state = robust._restart(nets, config, state.replace(step=jnp.asarray(step)),
-                                               jax.random.key(9))
+        params, opt_state = robust._restart(nets, config, state.replace(step=jnp.asarray(step)), jax.random.key(9))
         for name in robust.GROUPS["adversaries"]:
             pairs = list(zip(jax.tree.leaves(state.params[name]), jax.tree.leaves(params[name])))
             changed = [any(not np.array_equal(old[i], new[i]) for old, new in pairs) for i in range(k)]
             assert changed == [i == copy for i in range(k)], (step, name)
-        mu = opt_state["adversaries"][0].mu["adv_low"]
+        mu = opt_state["adversaries"][0].mu["adv_code"]
         for leaf in jax.tree.leaves(mu):
             zeroed = [bool(np.all(np.asarray(leaf[i]) == 0)) for i in range(k)]
             assert zeroed == [i == copy for i in range(k)], step
         # the enhancers are never touched
-        assert jax.tree.all(jax.tree.map(np.array_equal, params["f_low"], state.params["f_low"]))
+        assert jax.tree.all(jax.tree.map(np.array_equal, params["r_low"], state.params["r_low"]))
     assert isinstance(state, TrainState)
 
 
@@ -117,3 +117,47 @@ def test_clip_attacker_learns_identity_from_raw_clips(tmp_path):
     ctx = run.context(config, tmp_path, make_mesh())
     summary = train_stage(ctx, run.STAGE_BY_NAME["attack/clip_raw"])
     assert summary["eval"]["acc"] >= 0.9
+
+
+def test_code_autoencoder_output_passes_through_its_code_alone():
+    """The band a code autoencoder outputs is a function of its code z alone: the Jacobian of output by input has
+    rank at most the code's width, where a U-Net's (whose skips carry every pixel through) has full rank."""
+    from ppfer_jax.models import CodeAutoencoder, UNet
+    x = jax.random.uniform(jax.random.key(0), (1, 8, 8, 3))
+
+    def jacobian_rank(module):
+        variables = module.init(jax.random.key(1), x)
+        jac = jax.jacobian(lambda v: module.apply(variables, v.reshape(x.shape)).ravel())(x.ravel())
+        return np.linalg.matrix_rank(np.asarray(jac, np.float64), tol=1e-6)
+
+    code = CodeAutoencoder(out_channels=3, size=8, features=4, depth=2, code_dim=5)
+    assert jacobian_rank(code) <= 5
+    assert jacobian_rank(UNet(out_channels=3, features=4, depth=2, head="residual", out_range=(0.0, 2.0))) > 100
+    variables = code.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(code.apply(variables, code.apply(variables, x, method="encode"), method="decode"),
+                                  code.apply(variables, x))
+
+
+def test_fidelity_trains_the_decoders_only_and_privacy_waits_for_its_warmup():
+    """With only the fidelity term on, the encoders and expression head get no gradient (the decoders learn from a
+    fixed code, so fidelity cannot pull identity into it) while the decoders do; the privacy terms' weights are 0
+    during the warm-up, then ramp linearly to theirs."""
+    config = load_config(TINY, ["privacy.robust.expression_weight=0.0", "privacy.robust.warmup_steps=10"])
+    nets = Nets(config)
+    params = {n: nets.init(n, jax.random.key(i))["params"] for i, n in enumerate(robust.GROUPS["enhancers"]
+                                                                                 + robust.GROUPS["adversaries"])}
+    video = jax.random.randint(jax.random.key(5), (2, 4, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    batch = {"video": video, "identity": jnp.array([0, 1]), "expression": jnp.array([2, 3])}
+    frames = video.reshape((-1, 32, 32, 3)).astype(jnp.float32) / 255
+    grads = jax.grad(lambda p: robust._enhancer_loss(nets, config, p, frames, batch, jnp.asarray(0))[0])(params)
+    norm = {n: float(sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads[n]))) for n in grads}
+    assert norm["expression_code"] == 0.0
+    for name in ("r_low", "r_high"):
+        layers = {layer: float(sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(tree)))
+                  for layer, tree in grads[name].items()}
+        encoder = [v for k, v in layers.items() if k.startswith(("down", "to_hidden", "to_code"))]
+        decoder = [v for k, v in layers.items() if k.startswith(("from_code", "up", "out"))]
+        assert len(encoder) + len(decoder) == len(layers) and len(encoder) == 2 * 2 + 2, sorted(layers)
+        assert max(encoder) == 0.0 and min(decoder) > 0.0, (name, layers)
+    ramp = [float(robust.privacy_ramp(config, jnp.asarray(s))) for s in (0, 10, 15, 20, 100)]
+    assert ramp == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])

@@ -1,4 +1,4 @@
-"""The four model families of the method, built from config specs.
+"""The model families of the method, built from config specs.
 
 A spec is a dict (a config section) with a ``name`` and the module's own fields;
 the caller adds what the role fixes (class count, output channels, image size).
@@ -12,12 +12,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ppfer_jax.models.code_autoencoder import MLP, CodeAutoencoder
 from ppfer_jax.models.r3d import R3D18, r3d_18
 from ppfer_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
 from ppfer_jax.models.unet import UNet
 from ppfer_jax.models.uvit import UViT, uvit_size
 
-__all__ = ["R3D18", "ResNet", "UNet", "UViT", "build_model", "MODEL_NAMES"]
+__all__ = ["CodeAutoencoder", "MLP", "R3D18", "ResNet", "UNet", "UViT", "build_model", "MODEL_NAMES"]
 
 
 def _uvit(size: str | None = None, **fields: Any) -> UViT:
@@ -32,6 +33,8 @@ _BUILDERS = {
     "r3d_18": r3d_18,
     "unet": UNet,
     "uvit": _uvit,
+    "code_autoencoder": CodeAutoencoder,
+    "mlp": MLP,
 }
 MODEL_NAMES = tuple(_BUILDERS)
 
