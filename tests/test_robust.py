@@ -138,6 +138,7 @@ def test_code_autoencoder_output_passes_through_its_code_alone():
                                   code.apply(variables, x))
 
 
+@pytest.mark.slow  # differentiates the robust stage's whole loss
 def test_fidelity_trains_the_decoders_only_and_privacy_waits_for_its_warmup():
     """With only the fidelity term on, the encoders and expression head get no gradient (the decoders learn from a
     fixed code, so fidelity cannot pull identity into it) while the decoders do; the privacy terms' weights are 0
