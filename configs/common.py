@@ -13,21 +13,20 @@ def stage(steps: int, batch_size: int, learning_rate: float, eval_every: int | N
                                           eval_every=eval_every, schedule=schedule))
 
 
-def robust_privacy(*, adversaries: int, restart_every: int, warmup_steps: int, copies: str = "vmap",
-                   adversary_steps: int = 4, privacy_weight: float = 0.1, mmd_weight: float = 1.0,
+def robust_privacy(*, adversaries: int, restart_every: int, warmup_steps: int, adversary_steps: int = 4,
+                   privacy_weight: float = 0.1, mmd_weight: float = 1.0,
                    frames_per_clip: int = 4) -> ml_collections.ConfigDict:
     """``privacy.robust``: how ``ppfer_robust`` trains its code autoencoders (``ppfer_jax/stages/robust_privacy.py``).
 
     ``objective``: the bounded privacy loss ('kl_uniform' or 'entropy'), worst case over ``adversaries``
     co-trained MLPs on the code, each updated ``adversary_steps`` times per enhancer step; one adversary restarts
-    from fresh weights every ``restart_every`` steps, round-robin; ``copies`` applies the stacked copies with
-    'vmap' or a 'loop'. ``privacy_weight`` (the adversaries' term) and ``mmd_weight`` (each person's codes against
+    from fresh weights every ``restart_every`` steps, round-robin. ``privacy_weight`` (the adversaries' term) and ``mmd_weight`` (each person's codes against
     the batch's, ``losses.group_mmd``) are reached after ``warmup_steps`` of neither and a linear ramp of as many;
     ``expression_weight``: the code's expression head's CE; ``fidelity_weight``: L1 of the decoded G to the
     original frames (the decoders' loss only). Each step reads ``frames_per_clip`` random frames of each clip.
     """
     return ml_collections.ConfigDict(dict(objective="kl_uniform", adversaries=adversaries,
-                                          restart_every=restart_every, copies=copies, adversary_steps=adversary_steps,
+                                          restart_every=restart_every, adversary_steps=adversary_steps,
                                           privacy_weight=privacy_weight, mmd_weight=mmd_weight,
                                           warmup_steps=warmup_steps, frames_per_clip=frames_per_clip,
                                           expression_weight=1.0, fidelity_weight=1.0))

@@ -268,9 +268,13 @@ def to_uint8(frames: jax.Array) -> jax.Array:
 
 
 def pick_frames(video: jax.Array, index: jax.Array) -> jax.Array:
-    """video (B, T, ...) and one frame index per clip (B,) -> (B, ...)."""
-    return jnp.take_along_axis(video, index.reshape((-1,) + (1,) * (video.ndim - 1)), axis=1)[:, 0]
+    """video (B, T, ...) and one frame index per clip (B,) -> (B, ...), or n per clip (B, n) -> (B, n, ...)."""
+    per_clip = index.reshape((index.shape[0], -1))
+    picked = jnp.take_along_axis(video, per_clip.reshape(per_clip.shape + (1,) * (video.ndim - 2)), axis=1)
+    return picked.reshape(index.shape + video.shape[2:])
 
 
-def random_frames(rng: jax.Array, video: jax.Array) -> jax.Array:
-    return pick_frames(video, jax.random.randint(rng, (video.shape[0],), 0, video.shape[1]))
+def random_frames(rng: jax.Array, video: jax.Array, count: int | None = None) -> jax.Array:
+    """One random frame of each clip (B, ...), or ``count`` of them, drawn independently (B, count, ...)."""
+    shape = (video.shape[0],) if count is None else (video.shape[0], count)
+    return pick_frames(video, jax.random.randint(rng, shape, 0, video.shape[1]))

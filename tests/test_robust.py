@@ -9,7 +9,7 @@ import pytest
 
 from ppfer_jax import losses, metrics
 from ppfer_jax.config import load_config
-from ppfer_jax.nets import Nets
+from ppfer_jax.nets import Nets, pick_frames, random_frames
 from ppfer_jax.recipes import run
 from ppfer_jax.stage import grouped_optimizer, make_state, train_stage
 from ppfer_jax.stages import robust_privacy as robust
@@ -162,3 +162,16 @@ def test_fidelity_trains_the_decoders_only_and_privacy_waits_for_its_warmup():
         assert max(encoder) == 0.0 and min(decoder) > 0.0, (name, layers)
     ramp = [float(robust.privacy_ramp(config, jnp.asarray(s))) for s in (0, 10, 15, 20, 100)]
     assert ramp == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_frames_are_picked_per_clip_one_or_several():
+    """``pick_frames``: index (B,) gives frame index[b] of clip b; index (B, n) gives the n frames asked of each clip
+    (numpy's fancy indexing as the reference); ``random_frames`` with a count draws them from each own clip."""
+    video = np.arange(3 * 5 * 2).reshape(3, 5, 2)  # clip b, frame t -> values 10 b + 2 t, 10 b + 2 t + 1
+    one, several = np.array([4, 0, 2]), np.array([[1, 1], [3, 0], [4, 2]])
+    np.testing.assert_array_equal(pick_frames(jnp.asarray(video), jnp.asarray(one)), video[np.arange(3), one])
+    np.testing.assert_array_equal(pick_frames(jnp.asarray(video), jnp.asarray(several)),
+                                  video[np.arange(3)[:, None], several])
+    drawn = np.asarray(random_frames(jax.random.key(0), jnp.asarray(video), 4))
+    assert drawn.shape == (3, 4, 2)
+    assert all(set(drawn[b, :, 0] // 10) == {b} for b in range(3))  # every frame from its own clip

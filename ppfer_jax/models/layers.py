@@ -66,8 +66,8 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
     With ``PATCHES_ON_CPU``: on XLA:CPU a convolution whose output map is small (a side of ``SMALL_MAP`` pixels or
     less: the last stages of ResNet and R3D at this project's frame sizes) is computed with convolutions XLA's fast
     path does not take -- its kernel gradient with batch and feature axes swapped, the input gradient of a strided
-    conv base-dilated -- up to 45x slower than the same work as a matrix product; a 1x1 stride-1 conv is a matrix product anyway; and
-    3-D convolutions are slow in general (benchmarks/RESULTS.md). So on CPU a plain (undilated, ungrouped)
+    conv base-dilated -- up to 45x slower than the same work as a matrix product; a 1x1 stride-1 conv is a matrix
+    product anyway; and 3-D convolutions are slow in general (benchmarks/RESULTS.md). So on CPU a plain (undilated, ungrouped)
     channels-last convolution is computed as patches times a matrix (``conv_as_matmul``) in those two cases. A 3-D
     one otherwise runs as one 2-D convolution over time-shifted copies (``conv3d_as_2d``); elsewhere (cuDNN, TPU)
     the native op runs. Same kernel layout and parameters either way.

@@ -39,7 +39,7 @@ import optax
 
 from ppfer_jax import losses, metrics
 from ppfer_jax.evaluation import GATHER, evaluator
-from ppfer_jax.nets import CODE, flatten_frames, to_float
+from ppfer_jax.nets import CODE, flatten_frames, random_frames, to_float
 from ppfer_jax.stage import Stage, grouped_optimizer, optimizer_for
 
 GROUPS = {"enhancers": CODE.enhancers + ("expression_code",), "adversaries": ("adv_code",)}
@@ -61,17 +61,8 @@ def decode(nets, params: dict, z: jax.Array) -> jax.Array:
 
 
 def _stacked(nets, name: str, params, x: jax.Array) -> jax.Array:
-    """Every copy of a stacked adversary on the same input: logits (K, N, classes).
-
-    ``privacy.robust.copies``: 'vmap' batches the copies; 'loop' unrolls them into K ordinary applications.
-    """
-    mode = nets.config.privacy.robust.copies
-    if mode == "vmap":
-        return jax.vmap(lambda p: nets.apply(name, {"params": p}, x))(params)
-    if mode == "loop":
-        return jnp.stack([nets.apply(name, {"params": jax.tree.map(lambda leaf, k=k: leaf[k], params)}, x)
-                          for k in range(jax.tree.leaves(params)[0].shape[0])])
-    raise ValueError(f"config privacy.robust.copies: expected 'vmap' or 'loop', got {mode!r}")
+    """Every copy of a stacked adversary on the same input: logits (K, N, classes)."""
+    return jax.vmap(lambda p: nets.apply(name, {"params": p}, x))(params)
 
 
 def privacy_ramp(config, step: jax.Array) -> jax.Array:
@@ -80,11 +71,6 @@ def privacy_ramp(config, step: jax.Array) -> jax.Array:
     warmup = config.privacy.robust.warmup_steps
     return jnp.clip((step - warmup) / max(warmup, 1), 0.0, 1.0)
 
-
-def _pick_frames(video: jax.Array, count: int, rng: jax.Array) -> jax.Array:
-    """``count`` random frames of each clip (B, T, ...) -> (B, count, ...)."""
-    index = jax.random.randint(rng, (video.shape[0], count), 0, video.shape[1])
-    return jnp.take_along_axis(video, index.reshape(index.shape + (1,) * (video.ndim - 2)), axis=1)
 
 
 def _enhancer_loss(nets, config, params, frames, batch, step):
@@ -145,8 +131,8 @@ def _make_step(nets, config, tx):
     def step(state, batch, rng):
         params, opt_state = _restart(nets, config, state, rng)
         params, opt_state = dict(params), dict(opt_state)
-        frames, _ = flatten_frames(to_float(_pick_frames(batch["video"], robust.frames_per_clip,
-                                                         jax.random.fold_in(rng, 1))))
+        frames, _ = flatten_frames(to_float(random_frames(jax.random.fold_in(rng, 1), batch["video"],
+                                                          robust.frames_per_clip)))
         own = {n: params[n] for n in GROUPS["enhancers"]}
         (loss, logs), grads = jax.value_and_grad(
             lambda p: _enhancer_loss(nets, config, {**params, **p}, frames, batch, state.step), has_aux=True)(own)
