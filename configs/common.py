@@ -42,6 +42,14 @@ def code_enhancers(*, features: int, depth: int, code_dim: int) -> dict[str, dic
             "code_expression": dict(name="mlp", hidden=(), init_from=None)}
 
 
+def pprl_vgan(*, features: int) -> dict[str, dict]:
+    """``config.model``'s sections of the PPRL-VGAN row (``ppfer_jax/models/vgan.py``); ``features`` = 32 and a
+    128-number code are its published sizes."""
+    return {"pprl_vgan_generator": dict(name="vgan_generator", features=features, z_dim=128, init_from=None),
+            "pprl_vgan_discriminator": dict(name="vgan_discriminator", features=features, hidden=256,
+                                            init_from=None)}
+
+
 def parallelism(fsdp: int = 1) -> dict[str, ml_collections.ConfigDict]:
     """Mesh, parameter-sharding rules and multi-host start (``ppfer_jax/parallel.py``).
 
@@ -60,8 +68,8 @@ def parallelism(fsdp: int = 1) -> dict[str, ml_collections.ConfigDict]:
     )
 
 
-def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: float,
-                     acc_evaluations: int = 5) -> dict[str, ml_collections.ConfigDict]:
+def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: float, acc_evaluations: int = 5,
+                     narula_phase_steps: tuple[int, int, int] = (100, 50, 50)) -> dict[str, ml_collections.ConfigDict]:
     """The baselines' settings and the rows of ``ppfer-jax reproduce`` (``ppfer_jax/reproduce.py``).
 
     ``baselines.blur``: Blur 1's sigma is bisected over ``sigma_range`` (pixels) until V_pl's val PLR is within
@@ -70,6 +78,11 @@ def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: fl
     ``baselines.tradeoff``: the anonymiser's privacy objective against the jointly trained adversary ('entropy':
     SPAct's, maximise its entropy; 'neg_ce', 'kl_uniform' as for Algorithm 1) and its weight.
     ``baselines.optical_flow.max_magnitude``: the flow (pixels per frame) rendered at full brightness.
+    ``baselines.narula``: the adversarial CNN's rounds (``ppfer_jax/baselines/narula.py``): steps of its phases (a)
+    emotion, (b) identity classifier, (c) transformation against it (their sum divides ``train.narula.steps``), the
+    weight of the identity CE in (c), and whether (b) starts the identity classifier afresh each round.
+    ``baselines.open_set``: the open-set method's suppression loss (``ppfer_jax/baselines/open_set.py``): weights
+    of its indistinguishability term and of L1 fidelity, and the similarity temperature.
     ``baselines.swap``: which outside ('wild') person the synthetic oracle swap renders; on real data a directory
     of pre-swapped clips (see ``ppfer_jax/baselines/swap.py``).
     ``suite.rows``: the rows to run, Table 1's then Table 4's; ``suite.ablation_attacks``: also train the adaptive
@@ -80,11 +93,14 @@ def evaluation_suite(*, sigma_range: tuple[float, float], flow_max_magnitude: fl
             blur=dict(sigma_range=sigma_range, plr_evaluations=12, plr_tolerance=0.02,
                       acc_evaluations=acc_evaluations, acc_tolerance=0.03),
             tradeoff=dict(objective="entropy", privacy_weight=1.0),
+            narula=dict(phase_steps=narula_phase_steps, identity_weight=1.0, restart_identity=True),
+            open_set=dict(privacy_weight=1.0, fidelity_weight=1.0, temperature=0.1),
             optical_flow=dict(max_magnitude=flow_max_magnitude),
             swap=dict(outside_identity=0, directory=None),
         )),
         suite=ml_collections.ConfigDict(dict(
-            rows=["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "ppfer", "ppfer_robust",
+            rows=["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "pprl_vgan", "narula",
+                  "open_set_priors", "ppfer", "ppfer_robust",
                   "task1", "task2", "task3", "task4", "task5", "task6"],
             ablation_attacks=False,
         )),

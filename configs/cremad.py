@@ -7,7 +7,7 @@ download (``ppfer-jax prepare cremad``); nothing is fetched from the network.
 
 import ml_collections
 
-from configs.common import code_enhancers, evaluation_suite, parallelism, robust_privacy, stage
+from configs.common import code_enhancers, evaluation_suite, parallelism, pprl_vgan, robust_privacy, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -63,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.enhancer_frame = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 1.0),
                                   init_from=None)
     c.model.recovery = dict(name="unet", features=64, depth=4, head="linear", out_range=(0.0, 1.0), init_from=None)
+    c.model.update(pprl_vgan(features=32))  # the PPRL-VGAN row, its published widths
+    c.model.narula_transformer = dict(name="unet", features=32, depth=4, head="residual", out_range=(0.0, 1.0),
+                                      init_from=None)  # the adversarial CNN row's transformation (ours)
 
     c.rng_impl = "threefry2x32"  # PRNG of every key (the synthetic CPU config uses 'rbg' for compile speed)
     c.update(parallelism(fsdp=1))  # --config.mesh.fsdp=N splits params and optimizer state over N devices
@@ -97,10 +100,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     t.clip_attack = stage(5000, 16, 1e-3, schedule="cosine")
     t.robust_privacy = stage(5000, 64, 1e-3, eval_every=500)
     # `ppfer-jax reproduce` (configs/common.py evaluation_suite): sigma in px at 112 px frames.
-    c.update(evaluation_suite(sigma_range=(0.0, 48.0), flow_max_magnitude=4.0))
+    c.update(evaluation_suite(sigma_range=(0.0, 48.0), flow_max_magnitude=4.0, narula_phase_steps=(1000, 500, 500)))
     t.pretrain_frame_controller = stage(5000, 64, 1e-3)
     t.pretrain_frame_enhancer = stage(3000, 8, 1e-3)
     t.joint = stage(5000, 8, 1e-4)
     t.tradeoff = stage(5000, 8, 1e-4)
     t.recovery = stage(5000, 8, 1e-3)
+    t.pprl_vgan = stage(5000, 8, 3e-4)
+    t.narula = stage(6000, 8, 1e-4)
+    t.narula_reference = stage(5000, 64, 1e-3)
     return c

@@ -8,7 +8,7 @@ differs from the paper's, the paper's value is written beside it.
 
 import ml_collections
 
-from configs.common import code_enhancers, evaluation_suite, parallelism, robust_privacy, stage
+from configs.common import code_enhancers, evaluation_suite, parallelism, pprl_vgan, robust_privacy, stage
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,6 +31,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.clips_per_identity_test = 6 if tiny else 12
     c.data.clips_per_identity_val = 6  # monitoring and checkpoint selection (s1); the test split is final only
     c.data.clips_per_identity_wild = 6  # one clip per expression and person
+    # `reproduce`'s open-set test: people no stage trains on (ACC and the verification check on their clips)
+    c.data.num_openset_identities = 6 if tiny else 12
+    c.data.clips_per_identity_openset = 6
     c.data.num_frames = 4 if tiny else 8  # paper: 16
     c.data.image_size = 32  # paper: 112
     c.data.num_expressions = 6  # anger, disgust, fear, happy, neutral, sad (CREMA-D)
@@ -74,6 +77,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   init_from=None)
     c.model.recovery = dict(name="unet", features=width, depth=3, head="linear", out_range=(0.0, 1.0),
                             init_from=None)
+    c.model.update(pprl_vgan(features=8 if tiny else 16))  # the PPRL-VGAN row; paper: 32
+    # The adversarial CNN row (Narula et al.): its transformation; its emotion and identity CNNs are C_fc's and V_pl's
+    # architectures. Ours: the abstract gives no architecture.
+    c.model.narula_transformer = dict(name="unet", features=8, depth=2, head="residual", out_range=(0.0, 1.0),
+                                      init_from=None)
+    # The open-set method's suppression network (ours: the abstract gives none), starting as the identity map.
+    c.model.open_set_suppressor = dict(name="unet", features=width, depth=3, head="residual", out_range=(0.0, 1.0),
+                                       init_from=None)
     _method(c, tiny)
     return c
 
@@ -134,9 +145,20 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
 
     # `ppfer-jax reproduce` (configs/common.py evaluation_suite; ppfer_jax/reproduce.py). Paper: not stated.
     # sigma in px at 32 px frames (16: little but the mean colour is left); 2 px per frame of flow is full brightness.
-    c.update(evaluation_suite(sigma_range=(0.0, 16.0), flow_max_magnitude=2.0, acc_evaluations=3 if tiny else 5))
+    c.update(evaluation_suite(sigma_range=(0.0, 16.0), flow_max_magnitude=2.0, acc_evaluations=3 if tiny else 5,
+                              narula_phase_steps=(2, 2, 2) if tiny else (100, 50, 50)))
     t.pretrain_frame_controller = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)  # C_pr on frames (Tasks 1, 3)
     t.pretrain_frame_enhancer = stage(10 if tiny else 100, 4 if tiny else 8, 2e-3)  # F_pr / trade-off anonymiser, L1
     t.joint = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)     # Tasks 2, 6: enhancers + F_u, expression CE
     t.tradeoff = stage(10 if tiny else 200, 4 if tiny else 8, 1e-3)  # trade-off baseline, alternating updates
     t.recovery = stage(10 if tiny else 300, 4 if tiny else 4, 1e-3)  # threat model: U-Net, L1, all frames of a clip
+    # the open-set verification check's face embedding (V_pl's architecture) on the wild people's identities
+    t.pretrain_recognition = stage(60 if tiny else 300, 32 if tiny else 64, 2e-3)
+    # the open-set method: its recognition prior on the wild people, suppression (2 frames of 16 clips), denoising
+    t.open_set_prior = stage(20 if tiny else 300, 32 if tiny else 64, 2e-3)
+    t.open_set_suppress = stage(10 if tiny else 600, 8 if tiny else 16, 1e-3)
+    t.open_set_denoise = stage(10 if tiny else 150, 4 if tiny else 8, 1e-3)
+    t.narula = stage(12 if tiny else 600, 4 if tiny else 8, 1e-3)  # 2 / 3 rounds of the adversarial CNN's phases
+    t.narula_reference = stage(10 if tiny else 200, 32 if tiny else 64, 2e-3)  # its emotion-only, identity-only CNNs
+    # PPRL-VGAN: RMSprop 3e-4 (theirs), 4 clips = 32 frames a step; at 800 steps it still drew colour noise
+    t.pprl_vgan = stage(10 if tiny else 2400, 4, 3e-4)

@@ -1,4 +1,4 @@
-"""The splits a run reads -- train, val, test, wild -- from the built-in synthetic set or a prepared TFDS set.
+"""The splits a run reads -- train, val, test, wild (and, synthetic only, openset) -- from the built-in synthetic set or a prepared TFDS set.
 
 Every split is a grain random-access source of dicts ``{video uint8 (T, H, W, 3), identity, expression,
 eval_frame}`` (no ``identity`` on DFEW). ``eval_frame`` is a fixed frame index per clip drawn from the
@@ -26,6 +26,7 @@ from data_pipelines import synthetic
 from data_pipelines.loader import PreparedSplit
 
 SPLITS = ("train", "val", "test", "wild")
+OPEN_SET = "openset"  # people no stage sees: the synthetic set only (``reproduce``'s open-set test)
 PREPARED = ("cremad", "dfew")
 STAGE_FIELDS = ("video", "identity", "expression")
 NAME_ALIASES = {"angry": "anger"}  # DFEW's class names -> CREMA-D's (labels.EXPRESSIONS)
@@ -68,11 +69,14 @@ class Selection:
 
 def load_split(config, split: str):
     """The named split of the configured data set, as the stages and the evaluation read it."""
-    if split not in SPLITS:
-        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if split not in SPLITS + (OPEN_SET,):
+        raise ValueError(f"split: expected one of {', '.join(SPLITS + (OPEN_SET,))}, got {split!r}")
     name = config.data.name
     if name == "synthetic":
         return _rendered(synthetic.spec_from_config(config), split)
+    if split == OPEN_SET:
+        raise ValueError(f"split {OPEN_SET!r}: only the synthetic set has people no stage sees; config data.name "
+                         f"is {name!r}")
     if name not in PREPARED:
         raise ValueError(f"config data.name: expected 'synthetic', 'cremad' or 'dfew', got {name!r}")
     data = config.data

@@ -20,7 +20,7 @@ nothing is stored. It models what the paper relies on:
 Splits: ``train``, ``val`` and ``test`` show the same people (closed set, as CREMA-D in
 the paper; ``val`` selects checkpoints, so only the final evaluation reads ``test``);
 ``wild`` shows other people (the DFEW stand-in for the expression controller), labelled
-0..num_wild_identities-1. Clip ``index`` of a split belongs to identity
+0..num_wild_identities-1; ``openset`` yet others, whom no stage trains on (the open-set test of ``reproduce``). Clip ``index`` of a split belongs to identity
 ``index // clips_per_identity`` and shows ``EXPRESSIONS[index % 6]``, so each split
 is balanced over identity x expression.
 
@@ -40,11 +40,12 @@ import numpy as np
 
 from data_pipelines.labels import EXPRESSIONS
 
-SPLITS = ("train", "val", "test", "wild")
+SPLITS = ("train", "val", "test", "wild", "openset")
 ACTIONS = ("mouth_curve", "mouth_open", "mouth_stretch", "brow_raise", "brow_tilt", "eye_open", "nose_wrinkle")
 
-_SPLIT_CODE = {"train": 0, "test": 1, "wild": 2, "val": 3}
-_POPULATION = {"train": 0, "val": 0, "test": 0, "wild": 1}  # train, val and test show the same people
+_SPLIT_CODE = {"train": 0, "test": 1, "wild": 2, "val": 3, "openset": 4}
+# train, val and test show the same people; wild and openset each other people
+_POPULATION = {"train": 0, "val": 0, "test": 0, "wild": 1, "openset": 2}
 _TRAITS_STREAM, _CLIP_STREAM = 1, 2  # keep person draws and clip draws apart for equal numbers
 _CLIP_ID_SPLIT_SHIFT = 40  # clip_id = split code << 40 | index: unique over the splits of a spec
 
@@ -82,6 +83,8 @@ class SyntheticSpec:
     clips_per_identity_test: int = 12
     clips_per_identity_wild: int = 12
     clips_per_identity_val: int = 6
+    num_openset_identities: int = 6
+    clips_per_identity_openset: int = 6
     num_frames: int = 8
     image_size: int = 32
     seed: int = 0
@@ -89,6 +92,7 @@ class SyntheticSpec:
     def __post_init__(self):
         _check_int("num_identities", self.num_identities, minimum=2)
         _check_int("num_wild_identities", self.num_wild_identities, minimum=1)
+        _check_int("num_openset_identities", self.num_openset_identities, minimum=2)
         for split in SPLITS:
             name = f"clips_per_identity_{split}"
             _check_int(name, getattr(self, name), minimum=len(EXPRESSIONS))
@@ -105,7 +109,8 @@ class SyntheticSpec:
 
     def identities(self, split: str) -> int:
         """Number of people in a split (train, val and test share theirs)."""
-        return self.num_wild_identities if _check_split(split) == "wild" else self.num_identities
+        return {"wild": self.num_wild_identities, "openset": self.num_openset_identities}.get(
+            _check_split(split), self.num_identities)
 
     def clips_per_identity(self, split: str) -> int:
         return getattr(self, f"clips_per_identity_{_check_split(split)}")
@@ -127,6 +132,8 @@ def spec_from_config(config) -> SyntheticSpec:
         clips_per_identity_test=data.clips_per_identity_test,
         clips_per_identity_wild=data.clips_per_identity_wild,
         clips_per_identity_val=data.clips_per_identity_val,
+        num_openset_identities=data.get("num_openset_identities", SyntheticSpec.num_openset_identities),
+        clips_per_identity_openset=data.get("clips_per_identity_openset", SyntheticSpec.clips_per_identity_openset),
         num_frames=data.num_frames,
         image_size=data.image_size,
         seed=config.seed,

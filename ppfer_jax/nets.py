@@ -13,7 +13,11 @@ attacker / clip_attacker (fresh identity classifiers on anonymised frames / clip
 r_low / r_high (ppfer_robust's band enhancers, code autoencoders), adv_code (its co-trained adversaries on the
 code, ``privacy.robust.adversaries`` stacked copies), expression_code (its expression head on the code); for
 ``reproduce``: f_frame / c_frame (a whole-frame enhancer and its controller), adversary (the
-trade-off baseline's) and recovery (the threat model's U-Net).
+trade-off baseline's), recognizer (the verification check's face embedding, trained on the wild people only),
+os_prior / os_suppressor (the open-set method's own recognition prior and its suppression U-Net),
+recovery (the threat model's U-Net), narula_t / narula_emotion / narula_identity (the
+adversarial CNN of Narula et al.: transformation, emotion head, identity classifier) and vgan_g / vgan_d
+(PPRL-VGAN's generator and discriminator).
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ def _identities(c) -> dict:
     return dict(num_classes=c.data.num_identities)
 
 
+def _wild_identities(c) -> dict:
+    return dict(num_classes=c.data.num_wild_identities)
+
+
 def _expressions(c) -> dict:
     return dict(num_classes=c.data.num_expressions)
 
@@ -53,6 +61,14 @@ def _low_band(c) -> dict:
 
 def _high_band(c) -> dict:
     return dict(_high_bands(c), size=c.data.image_size // 2)
+
+
+def _vgan_generator(c) -> dict:
+    return dict(num_classes=c.data.num_identities, size=c.data.image_size)
+
+
+def _vgan_discriminator(c) -> dict:
+    return dict(num_classes=c.data.num_identities, num_expressions=c.data.num_expressions)
 
 
 def _image(c) -> dict:
@@ -92,6 +108,14 @@ NETWORKS = {
     "c_frame": Network("identity_controller", "frame", _identities),
     "adversary": Network("validator", "frame", _identities),
     "recovery": Network("recovery", "frame", _rgb),
+    "recognizer": Network("validator", "frame", _wild_identities),
+    "os_prior": Network("validator", "frame", _wild_identities),
+    "os_suppressor": Network("open_set_suppressor", "frame", _rgb),
+    "narula_t": Network("narula_transformer", "frame", _rgb),
+    "narula_emotion": Network("expression_controller", "frame", _expressions),
+    "narula_identity": Network("validator", "frame", _identities),
+    "vgan_g": Network("pprl_vgan_generator", "frame", _vgan_generator),
+    "vgan_d": Network("pprl_vgan_discriminator", "frame", _vgan_discriminator),
 }
 PAPER_NETWORKS = tuple(name for name, net in NETWORKS.items() if net.label)  # the paper's eight, for `check`
 
@@ -109,11 +133,13 @@ class Nets:
     @functools.cached_property
     def modules(self) -> dict:
         """The modules of the networks whose section ``config.model`` has (a bundle: the anonymiser's and F_u's
-        only); identity classifiers only where the data set names identities."""
+        only); identity classifiers only where the data set names identities (the recognition prior: where its wild
+        people have identity labels)."""
         c = self.config
         return {name: build_model(self.spec(name), dtype=c.dtype, **net.fields(c))
                 for name, net in NETWORKS.items()
-                if net.section in c.model and (net.fields is not _identities or c.data.get("num_identities"))}
+                if net.section in c.model and (net.fields is not _identities or c.data.get("num_identities"))
+                and (net.fields is not _wild_identities or c.data.get("num_wild_identities"))}
 
     def pretrained(self, name: str) -> dict | None:
         """Variables from the network's ``init_from`` directory (``ppfer-jax convert`` output), else None."""

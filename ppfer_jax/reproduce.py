@@ -4,13 +4,16 @@ It runs the PPFER pipeline (``pipeline.run``: its stages, Tables 1-2 for No priv
 row of ``config.suite.rows``:
 
 * Table 1 baselines: Gaussian Blur 1 / 2 (sigma searched to match PPFER's val PLR / val ACC), the trade-off
-  framework, optical flow, image swapping (``ppfer_jax/baselines/``);
+  framework, optical flow, image swapping, and the other published systems: PPRL-VGAN, the adversarial CNN
+  of Narula et al. and the open-set knowledge-prior method (``ppfer_jax/baselines/``);
 * Table 4 ablations: Tasks 1-6 (``recipes/ablations.py``).
 
 A row is a method that turns clips into anonymised clips, plus the stages that train it. Every row then
 meets the same downstream stages -- F_u trained afresh on its anonymised training clips (``rows/<key>/utility``),
 the adaptive attacker (``rows/<key>/adaptive``) and the recovery attacker of the threat model
-(``rows/<key>/recovery``; Table 3) -- and the same test-split evaluation (``evaluation.evaluate_method``).
+(``rows/<key>/recovery``; Table 3) -- and the same test-split evaluation (``evaluation.evaluate_method``), plus
+the open-set, label-free verification check (``verification.py``, its recognition prior trained once) and, on the
+synthetic set, the open-set test: ACC and the verification check on people no stage saw.
 Stages shared between rows (the frame enhancer, PPFER's s1 for Tasks 4-5, a blur sigma's F_u) run once;
 finished stages and rows are skipped, so an interrupted ``reproduce`` resumes where it stopped.
 
@@ -29,9 +32,10 @@ import jax
 import numpy as np
 
 from data_pipelines.files import write_json_atomically
-from ppfer_jax import evaluation, pipeline, reproduce_report
+from data_pipelines.sources import OPEN_SET
+from ppfer_jax import evaluation, pipeline, reproduce_report, verification
 from ppfer_jax.attacks import adaptive_attack_stage, clip_attack_stage, recovery_stage
-from ppfer_jax.baselines import blur, optical_flow, swap, tradeoff
+from ppfer_jax.baselines import blur, narula, open_set, optical_flow, pprl_vgan, swap, tradeoff
 from ppfer_jax.context import Context
 from ppfer_jax.figures import frame_grid
 from ppfer_jax.parallel import mesh_from_config
@@ -42,10 +46,14 @@ from ppfer_jax.training import read_summary
 
 TABLE1 = {"no_privacy": "No Privacy Preservation", "blur1": "Gaussian Blur 1", "blur2": "Gaussian Blur 2",
           "tradeoff": "Trade-off Framework", "optical_flow": "Optical Flow", "swap": "Image Swapping",
-          "ppfer": "PPFER (ours)", "ppfer_robust": "PPFER-robust"}
+          "ppfer": "PPFER (ours)", "ppfer_robust": "PPFER-robust", "pprl_vgan": "PPRL-VGAN",
+          "narula": "Adversarial CNN (Narula et al.)", "open_set_priors": "Open-set knowledge priors (Xu et al.)"}
 ROWS = tuple(TABLE1) + tuple(ablations.TASKS)
 MAKERS = {"blur": blur.anonymised_clips, "optical_flow": optical_flow.anonymised_clips, "swap": swap.anonymised_clips,
-          "tradeoff": tradeoff.anonymised_clips, **{key: ablations.anonymised_clips for key in ablations.TASKS}}
+          "tradeoff": tradeoff.anonymised_clips, "pprl_vgan": pprl_vgan.anonymised_clips,
+          "narula": narula.anonymised_clips, "open_set_priors": open_set.anonymised_clips,
+          open_set.UNLABELLED: open_set.unlabelled_clips,
+          **{key: ablations.anonymised_clips for key in ablations.TASKS}}
 RESULTS_FILE = "results.json"
 
 
@@ -105,6 +113,21 @@ def build_row(key: str, runner: pipeline.StageRunner) -> Row:
         return Row(key, TABLE1[key], "table1", "tradeoff", tradeoff.STAGES, **_scored(key, "tradeoff"),
                    note=f"SPAct-style alternating updates, privacy objective {config.baselines.tradeoff.objective!r}"
                         f", weight {config.baselines.tradeoff.privacy_weight}")
+    if key == "pprl_vgan":
+        return Row(key, TABLE1[key], "table1", "pprl_vgan", pprl_vgan.STAGES, **_scored(key, "pprl_vgan"),
+                   note="every clip re-drawn as one random training person (Chen et al. 2018, their Keras sizes "
+                        "and loss weights)")
+    if key == "narula":
+        narula.check_schedule(config)
+        return Row(key, TABLE1[key], "table1", "narula", narula.STAGES, **_scored(key, "narula"),
+                   note=_narula_note(runner))
+    if key == "open_set_priors":
+        if "os_prior" not in runner.ctx.nets.modules:
+            return Row(key, TABLE1[key], "table1", None, status="needs a recognition prior: wild people with identity "
+                       "labels (the synthetic set; DFEW names none) and config model.open_set_suppressor")
+        return Row(key, TABLE1[key], "table1", "open_set_priors", open_set.STAGES, **_scored(key, "open_set_priors"),
+                   note="no identity label of train/val/test read; suppression against its own recognition prior "
+                        "(wild people), then Algorithm 2's compensator")
     if key == "optical_flow":
         return Row(key, TABLE1[key], "table1", "optical_flow", **_scored(key, "optical_flow"),
                    note=optical_flow.FLOW_METHOD)
@@ -120,6 +143,17 @@ def build_row(key: str, runner: pipeline.StageRunner) -> Row:
         return Row(key, task.label, "table4", key, task.stages,
                    **_scored(key, key, attacks=config.suite.ablation_attacks))
     raise ValueError(f"config suite.rows: unknown row {key!r}; rows: {', '.join(ROWS)}")
+
+
+def _narula_note(runner: pipeline.StageRunner) -> str:
+    """The adversarial CNN's schedule and its two reference CNNs' val accuracies on raw frames, as its abstract
+    compares them (trained here if missing)."""
+    section = runner.ctx.config.baselines.narula
+    runner.ctx.add_stages([narula.EMOTION_ONLY, narula.IDENTITY_ONLY])
+    emotion, identity = (runner.run(stage)["eval"]["acc"] for stage in (narula.EMOTION_ONLY, narula.IDENTITY_ONLY))
+    return (f"{runner.ctx.config.train.narula.steps // sum(section.phase_steps)} rounds of phases "
+            f"{tuple(section.phase_steps)}, identity weight {section.identity_weight}; reference CNNs on raw val "
+            f"frames: emotion-only {100 * emotion:.1f}% expression, identity-only {100 * identity:.1f}% identity")
 
 
 def _blur_utility(method: str) -> Stage:
@@ -152,22 +186,51 @@ def _blur_search(key: str, runner: pipeline.StageRunner) -> dict:
 
 
 def score_row(runner: pipeline.StageRunner, row: Row) -> dict:
-    """Trains what the row is missing and evaluates it on the test split (cached in rows/<key>/results.json)."""
-    runner.ctx.add_stages(row.all_stages())  # the context can load them, even when the row's results are cached
-    path = runner.ctx.workdir / "rows" / row.key / RESULTS_FILE
-    if path.exists():
-        return json.loads(path.read_text())
-    for stage in row.all_stages():
-        runner.run(stage)
+    """Trains what the row is missing and evaluates it on the test split, plus the checks of ``_checks`` (all cached
+    in rows/<key>/results.json; a cached row gets the checks it lacks)."""
+    ctx = runner.ctx
+    ctx.add_stages(row.all_stages())  # the context can load them, even when the row's results are cached
+    path = ctx.workdir / "rows" / row.key / RESULTS_FILE
+    result = json.loads(path.read_text()) if path.exists() else None
+    checks = _checks(ctx)
+    if result is not None and set(checks) <= set(result):
+        return result
+    if result is None:
+        for stage in row.all_stages():
+            runner.run(stage)
     start = time.perf_counter()
-    result = evaluation.evaluate_method(runner.ctx, row.method, utility=row.utility.name,
-                                        adaptive=row.adaptive.name if row.adaptive else None,
-                                        clip=row.clip.name if row.clip else None,
-                                        recovery=row.recovery.name if row.recovery else None)
+    if result is None:
+        result = evaluation.evaluate_method(ctx, row.method, utility=row.utility.name,
+                                            adaptive=row.adaptive.name if row.adaptive else None,
+                                            clip=row.clip.name if row.clip else None,
+                                            recovery=row.recovery.name if row.recovery else None)
+    result.update({key: check(ctx, row) for key, check in checks.items() if key not in result})
     runner.record(f"evaluate {row.key}", time.perf_counter() - start)
     if jax.process_index() == 0:
         write_json_atomically(path, result)
     return result
+
+
+def _verifies(ctx) -> bool:
+    """Whether the run has a recognition prior for the open-set verification check (its wild people are named)."""
+    return "recognizer" in ctx.nets.modules
+
+
+def _open_set(ctx, row: Row) -> dict:
+    """The row on people no stage saw (the synthetic ``openset`` split): F_u's ACC on their anonymised clips and
+    the verification check among them."""
+    return {"acc": evaluation.utility_accuracy(ctx, row.method, row.utility.name, OPEN_SET),
+            "verification": verification.verify(ctx, row.method, OPEN_SET) if _verifies(ctx) else None}
+
+
+def _checks(ctx) -> dict:
+    """The label-free and open-set checks this run can make, by result key."""
+    checks = {}
+    if _verifies(ctx):
+        checks["verification"] = lambda ctx, row: verification.verify(ctx, row.method)
+    if ctx.config.data.name == "synthetic":
+        checks["open_set"] = _open_set
+    return checks
 
 
 def reproduce(config, workdir, *, mesh=None, make_figures: bool = True) -> dict:
@@ -180,6 +243,9 @@ def reproduce(config, workdir, *, mesh=None, make_figures: bool = True) -> dict:
     main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures)
     ctx = run.context(config, workdir, mesh or mesh_from_config(config), keep_originals=True, more_makers=MAKERS)
     runner = pipeline.StageRunner(ctx)
+    if _verifies(ctx):  # the verification check's recognition prior, shared by every row
+        ctx.add_stages([verification.RECOGNITION_STAGE])
+        runner.run(verification.RECOGNITION_STAGE)
     rows, results = {}, {}
     for key in config.suite.rows:
         print(f"\n== {key}")
@@ -201,7 +267,8 @@ def _suite(config, workdir: Path, main: dict, rows: dict, results: dict, timings
     table = {}
     for key, row in rows.items():
         numbers = results.get(key) or dict.fromkeys(("plr", "plr_permuted", "adaptive_plr", "adaptive_plr_clip", "acc",
-                                                     "per_class", "ssim", "psnr", "recovery"))
+                                                     "per_class", "ssim", "psnr", "recovery", "verification",
+                                                     "open_set"))
         table[key] = {"table": row.table, "label": row.label, **numbers, "status": row.status, "note": row.note}
     searches = {key: json.loads((workdir / "rows" / key / "search.json").read_text())
                 for key in ("blur1", "blur2") if (workdir / "rows" / key / "search.json").exists()}

@@ -99,21 +99,21 @@ def optimizer_for(config, section) -> optax.GradientTransformation:
     raise ValueError(f"config train.*.schedule: expected 'constant' or 'cosine', got {schedule!r}")
 
 
-def grouped_optimizer(groups: dict[str, tuple[str, ...]]) -> Callable:
+def grouped_optimizer(groups: dict[str, tuple[str, ...]], inner: Callable | None = None) -> Callable:
     """An optimizer builder ``(config, section) -> transform`` keeping one state per group of networks, for steps
     that update the groups in turn (adversarial games): an update of one group never moves another through
-    optimizer momentum."""
+    optimizer momentum. ``inner``: each group's optimizer builder (default ``optimizer_for``)."""
     def build(config, section) -> optax.GradientTransformation:
-        inner = optimizer_for(config, section)
+        transform = (inner or optimizer_for)(config, section)
 
         def init(params):
-            return {group: inner.init({n: params[n] for n in names}) for group, names in groups.items()}
+            return {group: transform.init({n: params[n] for n in names}) for group, names in groups.items()}
 
         def update(grads, state, params=None):
             updates, new_state = {}, {}
             for group, names in groups.items():
-                part, new_state[group] = inner.update({n: grads[n] for n in names}, state[group],
-                                                      None if params is None else {n: params[n] for n in names})
+                part, new_state[group] = transform.update({n: grads[n] for n in names}, state[group],
+                                                          None if params is None else {n: params[n] for n in names})
                 updates.update(part)
             return updates, new_state
         return optax.GradientTransformation(init, update)

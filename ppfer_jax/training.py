@@ -56,6 +56,16 @@ Metrics = dict[str, float]
 StepFn = Callable[["TrainState", dict[str, jax.Array], jax.Array], tuple["TrainState", dict[str, jax.Array]]]
 
 
+@dataclasses.dataclass(frozen=True)
+class PhasedStep:
+    """A step that is one of several plain steps, chosen on the host by the step number (``phase(step)`` indexes
+    ``steps``), each compiled on its own: XLA:CPU ran a ``lax.switch`` over three such steps about ten times slower
+    than the chosen step alone (benchmarks/RESULTS.md). Every step must return the same metric names."""
+
+    steps: tuple[StepFn, ...]
+    phase: Callable[[int], int]
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything a step reads and writes, as one pytree, checkpointed whole.
@@ -142,7 +152,7 @@ def fit(
     workdir: str | os.PathLike,
     *,
     init_state: Callable[[], TrainState],
-    step_fn: StepFn,
+    step_fn: StepFn | PhasedStep,
     train_data: grain.DatasetIterator,
     num_steps: int,
     rng: jax.Array,
@@ -157,8 +167,8 @@ def fit(
 ) -> tuple[TrainState, dict]:
     """Trains one stage to ``num_steps``, resuming from its latest checkpoint; returns (state, summary).
 
-    ``step_fn`` is the plain step; it is compiled here with ``compile_step``
-    and must advance ``state.step`` by one. ``init_state`` must be traceable
+    ``step_fn`` is the plain step (or a ``PhasedStep`` of several); it is compiled here with
+    ``compile_step`` and must advance ``state.step`` by one. ``init_state`` must be traceable
     (``jax.eval_shape`` builds the restore target); it runs only when no
     checkpoint exists. ``eval_fn`` runs every ``eval_every`` steps and at the
     end and must return the same numbers on every process; ``select`` =
@@ -188,7 +198,9 @@ def fit(
         if record.step > num_steps:
             raise ValueError(f"stage {stage!r} has a checkpoint at step {record.step}, past num_steps={num_steps}")
         loop = _Loop(stage, stage_dir, checkpoints, eval_fn, select)
-        state = loop.run(state, record, compile_step(step_fn, mesh, sharding), train_data, mesh, rng,
+        phased = step_fn if isinstance(step_fn, PhasedStep) else PhasedStep((step_fn,), lambda step: 0)
+        compiled = [compile_step(fn, mesh, sharding) for fn in phased.steps]
+        state = loop.run(state, record, lambda step: compiled[phased.phase(step)], train_data, mesh, rng,
                          num_steps=num_steps, log_every=log_every, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, stop_after=stop_after)
         summary = _summary(stage, num_steps, record, select)
@@ -223,7 +235,7 @@ class _Loop:
         self.log = _MetricsLog(stage_dir / METRICS_FILE, enabled=_is_main_process())
         self.window = _TrainWindow(stage)
 
-    def run(self, state, record, compiled_step, train_data, mesh, rng, *, num_steps, log_every, eval_every,
+    def run(self, state, record, step_for, train_data, mesh, rng, *, num_steps, log_every, eval_every,
             checkpoint_every, stop_after):
         # Jitted with replicated outputs (device_put cannot place onto other processes' devices): every process
         # holds the same keys, as a replicated input must.
@@ -237,7 +249,7 @@ class _Loop:
         with self.log.resume_at(record.step), bar:
             while record.step < stop_at:
                 batch = global_batch(next(train_data), mesh)
-                state, metrics = compiled_step(state, batch, key_for_step(record.step))
+                state, metrics = step_for(record.step)(state, batch, key_for_step(record.step))
                 record.step += 1
                 self.window.add(record.step, metrics)
                 bar.update()

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ppfer_jax import pipeline, reproduce
+from ppfer_jax import pipeline, reproduce, verification
 from ppfer_jax.baselines import blur
 from ppfer_jax.config import load_config
 from ppfer_jax.parallel import mesh_from_config
@@ -16,7 +16,7 @@ from ppfer_jax.recipes import run
 
 from conftest import TINY
 
-ROWS = ["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "ppfer", "task1"]
+ROWS = ["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "pprl_vgan", "narula", "ppfer", "task1"]
 
 
 def _config():
@@ -56,7 +56,14 @@ def test_every_row_is_counted_on_the_test_clips_and_written(reproduced):
             assert _counted(recovery["plr"], clips), key
         if key != "no_privacy":  # every method changes the frames: SSIM below 1, a finite PSNR
             assert row["ssim"] < 1.0 and math.isfinite(row["psnr"]), key
+        check = row["verification"]  # the open-set check, for every row
+        for share in ("same_clip_reject", "same_person_reject"):
+            assert 0.0 <= check[share] <= 1.0, (key, share)
+        assert 0.0 <= check["auc"] <= 1.0, key
+    assert "emotion-only" in result["rows"]["narula"]["note"]  # the abstract's two reference CNNs are reported
+    assert "identity-only" in result["rows"]["narula"]["note"]
     markdown = (workdir / "suite_report.md").read_text()
+    assert "Open-set verification" in markdown
     for row in result["rows"].values():
         assert row["label"] in markdown
     stored = json.loads((workdir / "suite_report.json").read_text())
@@ -122,6 +129,21 @@ def test_the_oracle_swap_keeps_the_motion_and_replaces_every_face(reproduced):
     a, b = int(np.argmax(people == people[0])), int(np.argmax(people != people[0]))
     raw_gap = np.abs(raw["video"][a, 0].astype(np.float32) - raw["video"][b, 0]).mean()
     assert np.abs(first[a] - first[b]).mean() < raw_gap
+
+
+def test_the_verifier_matches_raw_faces_and_nothing_in_noise(reproduced):
+    workdir, result = reproduced
+    raw = result["rows"]["no_privacy"]["verification"]
+    assert raw["same_clip_reject"] == 0.0  # a frame matches itself
+    assert raw["auc"] > 0.85  # the recogniser never saw these people, and still tells them apart
+    config = _config()
+    ctx = run.context(config, workdir, mesh_from_config(config))
+    variables = ctx.network("recognizer", verification.RECOGNITION)
+    noise = np.random.default_rng(0).random((60, 32, 32, 3), dtype=np.float32)
+    people = np.arange(60) % 6
+    embeddings = np.asarray(verification.embed(ctx.nets, variables, noise))
+    same, different = verification.same_and_different(verification.pair_scores(embeddings), people)
+    assert abs(verification.roc_auc(same, different) - 0.5) < 0.1
 
 
 def test_an_unknown_row_is_a_clear_error(tmp_path):

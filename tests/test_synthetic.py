@@ -82,7 +82,7 @@ def test_clip_ids_are_unique_across_splits():
     assert len(set(ids)) == len(ids)
 
 
-def test_train_val_and_test_share_people_and_wild_people_are_different():
+def test_train_val_and_test_share_people_and_wild_and_open_set_people_are_different():
     def vectors(split):
         return np.stack([synthetic.trait_vector(synthetic.identity_traits(PROBE, split, k))
                          for k in range(PROBE.identities(split))])
@@ -93,6 +93,9 @@ def test_train_val_and_test_share_people_and_wild_people_are_different():
     between_train = np.linalg.norm(train[:, None] - train[None], axis=-1)[np.triu_indices(len(train), 1)]
     wild_to_train = np.linalg.norm(wild[:, None] - train[None], axis=-1)
     assert wild_to_train.min() > 0.3 * np.median(between_train)  # measured: 0.76 vs median 1.63
+    open_set = vectors("openset")
+    for others in (train, wild):
+        assert np.linalg.norm(open_set[:, None] - others[None], axis=-1).min() > 0.3 * np.median(between_train)
 
 
 def test_source_is_a_picklable_grain_random_access_source():
@@ -131,7 +134,7 @@ def test_bad_spec_field_is_named(field, value):
 
 
 def test_unknown_split_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="split: expected one of train, val, test, wild, got 'validation'"):
+    with pytest.raises(ValueError, match="split: expected one of train, val, test, wild, openset, got 'validation'"):
         SyntheticFaces(SMALL, "validation")
 
 

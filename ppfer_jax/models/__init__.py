@@ -17,8 +17,9 @@ from ppfer_jax.models.r3d import R3D18, r3d_18
 from ppfer_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
 from ppfer_jax.models.unet import UNet
 from ppfer_jax.models.uvit import UViT, uvit_size
+from ppfer_jax.models.vgan import VGANDiscriminator, VGANGenerator
 
-__all__ = ["CodeAutoencoder", "MLP", "R3D18", "ResNet", "UNet", "UViT", "build_model", "MODEL_NAMES"]
+__all__ = ["CodeAutoencoder", "MLP", "R3D18", "ResNet", "UNet", "UViT", "VGANDiscriminator", "VGANGenerator", "build_model", "MODEL_NAMES"]
 
 
 def _uvit(size: str | None = None, **fields: Any) -> UViT:
@@ -35,6 +36,8 @@ _BUILDERS = {
     "uvit": _uvit,
     "code_autoencoder": CodeAutoencoder,
     "mlp": MLP,
+    "vgan_generator": VGANGenerator,
+    "vgan_discriminator": VGANDiscriminator,
 }
 MODEL_NAMES = tuple(_BUILDERS)
 

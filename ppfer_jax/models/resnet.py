@@ -173,6 +173,8 @@ class ResNet(nn.Module):
         if not self.small_input:
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         x = residual_stages(x, self.stage_sizes, BLOCKS[self.block], self.width, train, self.dtype)
+        # the pooled features, for a face-embedding use (``verification.embed``: apply with mutable intermediates)
+        self.sow("intermediates", "embedding", jnp.mean(x.astype(jnp.float32), axis=(1, 2)))
         # torchvision leaves fc at torch's nn.Linear default: kernel and bias U(+-1/sqrt(fan_in)).
         return pooled_head(x, self.num_classes, self.dtype,
                            kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),

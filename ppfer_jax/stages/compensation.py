@@ -33,7 +33,7 @@ def _compensation_loss(nets, config, privatizer: Privatizer, controlled: bool):
     return loss_fn
 
 
-def _compensation_eval(ctx, privatizer: Privatizer):
+def _compensation_eval(ctx, privatizer: Privatizer, method: str | None, leakage: bool):
     nets = ctx.nets
 
     def counts(state, batch):
@@ -41,18 +41,24 @@ def _compensation_eval(ctx, privatizer: Privatizer):
         g = privatizer.apply(nets, state.frozen, frame)
         c = nets.compensate(net_variables(state, "f_fc"), g)
         m = batch["mask"]
-        return {"c_fc_acc_on_g": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], g),
-                                                        batch["expression"], m),
-                "c_fc_acc_on_c": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], c),
-                                                        batch["expression"], m),
-                "leakage_on_c": metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"], c),
-                                                       batch["identity"], m)}
-    return evaluator(ctx, counts, "val")
+        out = {"c_fc_acc_on_g": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], g),
+                                                       batch["expression"], m),
+               "c_fc_acc_on_c": metrics.correct_counts(nets.apply("c_fc", state.frozen["c_fc"], c),
+                                                       batch["expression"], m)}
+        if leakage:
+            out["leakage_on_c"] = metrics.correct_counts(nets.apply("v_pl", state.frozen["v_pl"], c),
+                                                         batch["identity"], m)
+        return out
+    return evaluator(ctx, counts, "val", method)
 
 
 def compensation_stage(name: str, privatizer: Privatizer, *, controlled: bool = True,
-                       sources: dict | None = None) -> Stage:
-    """Algorithm 2: F_fc on the frozen enhancers' G, against C_fc (``controlled``) or by MSE (Task 4)."""
-    return Stage(name, "compensation", ("f_fc",), privatizer.enhancers + ("c_fc", "v_pl"), "train", None,
+                       sources: dict | None = None, train_key: str = "compensation", method: str | None = None,
+                       leakage: bool = True) -> Stage:
+    """Algorithm 2: F_fc on the frozen enhancers' G, against C_fc (``controlled``) or by MSE (Task 4). ``method``:
+    read that view of the clips (the open-set method's identity-free one); ``leakage``: also log V_pl on val C."""
+    frozen = privatizer.enhancers + ("c_fc",) + (("v_pl",) if leakage else ())
+    return Stage(name, train_key, ("f_fc",), frozen, "train", method,
                  make_step(functools.partial(_compensation_loss, privatizer=privatizer, controlled=controlled)),
-                 functools.partial(_compensation_eval, privatizer=privatizer), sources=sources or {})
+                 functools.partial(_compensation_eval, privatizer=privatizer, method=method, leakage=leakage),
+                 sources=sources or {})
