@@ -145,7 +145,7 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
 
     # `ppfer-jax reproduce` (configs/common.py evaluation_suite; ppfer_jax/reproduce.py). Paper: not stated.
     # sigma in px at 32 px frames (16: little but the mean colour is left); 2 px per frame of flow is full brightness.
-    c.update(evaluation_suite(sigma_range=(0.0, 16.0), flow_max_magnitude=2.0, acc_evaluations=3 if tiny else 5,
+    c.update(evaluation_suite(sigma_range=(0.0, 16.0), flow_max_magnitude=2.0, acc_evaluations=2 if tiny else 5,
                               narula_phase_steps=(2, 2, 2) if tiny else (100, 50, 50)))
     t.pretrain_frame_controller = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)  # C_pr on frames (Tasks 1, 3)
     t.pretrain_frame_enhancer = stage(10 if tiny else 100, 4 if tiny else 8, 2e-3)  # F_pr / trade-off anonymiser, L1

@@ -1,4 +1,5 @@
-"""The splits a run reads -- train, val, test, wild (and, synthetic only, openset) -- from the built-in synthetic set or a prepared TFDS set.
+"""The splits a run reads -- train, val, test, wild (and, synthetic only, openset) -- from the built-in synthetic set
+or a prepared TFDS set.
 
 Every split is a grain random-access source of dicts ``{video uint8 (T, H, W, 3), identity, expression,
 eval_frame}`` (no ``identity`` on DFEW). ``eval_frame`` is a fixed frame index per clip drawn from the

@@ -20,9 +20,9 @@ nothing is stored. It models what the paper relies on:
 Splits: ``train``, ``val`` and ``test`` show the same people (closed set, as CREMA-D in
 the paper; ``val`` selects checkpoints, so only the final evaluation reads ``test``);
 ``wild`` shows other people (the DFEW stand-in for the expression controller), labelled
-0..num_wild_identities-1; ``openset`` yet others, whom no stage trains on (the open-set test of ``reproduce``). Clip ``index`` of a split belongs to identity
-``index // clips_per_identity`` and shows ``EXPRESSIONS[index % 6]``, so each split
-is balanced over identity x expression.
+0..num_wild_identities-1; ``openset`` yet others, whom no stage trains on (the open-set test
+of ``reproduce``). Clip ``index`` of a split belongs to identity ``index // clips_per_identity``
+and shows ``EXPRESSIONS[index % 6]``, so each split is balanced over identity x expression.
 
 The renderer's inputs are kept apart -- ``identity_traits``,
 ``expression_trajectory``, ``sample_nuisance`` -> ``render_clip`` -- so a clip can

@@ -185,14 +185,13 @@ def _blur_search(key: str, runner: pipeline.StageRunner) -> dict:
     return result
 
 
-def score_row(runner: pipeline.StageRunner, row: Row) -> dict:
-    """Trains what the row is missing and evaluates it on the test split, plus the checks of ``_checks`` (all cached
+def score_row(runner: pipeline.StageRunner, row: Row, checks: dict) -> dict:
+    """Trains what the row is missing and evaluates it on the test split, plus ``checks`` (``_checks``; all cached
     in rows/<key>/results.json; a cached row gets the checks it lacks)."""
     ctx = runner.ctx
     ctx.add_stages(row.all_stages())  # the context can load them, even when the row's results are cached
     path = ctx.workdir / "rows" / row.key / RESULTS_FILE
     result = json.loads(path.read_text()) if path.exists() else None
-    checks = _checks(ctx)
     if result is not None and set(checks) <= set(result):
         return result
     if result is None:
@@ -216,20 +215,23 @@ def _verifies(ctx) -> bool:
     return "recognizer" in ctx.nets.modules
 
 
-def _open_set(ctx, row: Row) -> dict:
-    """The row on people no stage saw (the synthetic ``openset`` split): F_u's ACC on their anonymised clips and
-    the verification check among them."""
-    return {"acc": evaluation.utility_accuracy(ctx, row.method, row.utility.name, OPEN_SET),
-            "verification": verification.verify(ctx, row.method, OPEN_SET) if _verifies(ctx) else None}
-
-
 def _checks(ctx) -> dict:
-    """The label-free and open-set checks this run can make, by result key."""
+    """The label-free and open-set checks this run can make, by result key: the verification check, and on the
+    synthetic set the rows on people no stage saw (``openset``: F_u's ACC on their anonymised clips and the
+    verification check among them). The verifier's threshold is fixed once, on raw val."""
+    threshold = (verification.val_threshold(ctx, ctx.network("recognizer", verification.RECOGNITION))
+                 if _verifies(ctx) else None)
+
+    def verify(row: Row, split: str) -> dict | None:
+        return verification.verify(ctx, row.method, split, threshold) if threshold is not None else None
+
     checks = {}
-    if _verifies(ctx):
-        checks["verification"] = lambda ctx, row: verification.verify(ctx, row.method)
+    if threshold is not None:
+        checks["verification"] = lambda ctx, row: verify(row, "test")
     if ctx.config.data.name == "synthetic":
-        checks["open_set"] = _open_set
+        checks["open_set"] = lambda ctx, row: {
+            "acc": evaluation.utility_accuracy(ctx, row.method, row.utility.name, OPEN_SET),
+            "verification": verify(row, OPEN_SET)}
     return checks
 
 
@@ -246,12 +248,13 @@ def reproduce(config, workdir, *, mesh=None, make_figures: bool = True) -> dict:
     if _verifies(ctx):  # the verification check's recognition prior, shared by every row
         ctx.add_stages([verification.RECOGNITION_STAGE])
         runner.run(verification.RECOGNITION_STAGE)
+    checks = _checks(ctx)
     rows, results = {}, {}
     for key in config.suite.rows:
         print(f"\n== {key}")
         rows[key] = build_row(key, runner)
         if rows[key].status == "ok":
-            results[key] = score_row(runner, rows[key])
+            results[key] = score_row(runner, rows[key], checks)
             ctx.splits.forget(rows[key].method, keep=("test",))
     suite = _suite(config, workdir, main, rows, results, runner.timings)
     suite["total_s"] = sum(runner.timings.values())

@@ -138,6 +138,7 @@ def test_the_verifier_matches_raw_faces_and_nothing_in_noise(reproduced):
     assert raw["auc"] > 0.85  # the recogniser never saw these people, and still tells them apart
     config = _config()
     ctx = run.context(config, workdir, mesh_from_config(config))
+    ctx.add_stages([verification.RECOGNITION_STAGE])
     variables = ctx.network("recognizer", verification.RECOGNITION)
     noise = np.random.default_rng(0).random((60, 32, 32, 3), dtype=np.float32)
     people = np.arange(60) % 6

@@ -19,7 +19,8 @@ from ppfer_jax.models.unet import UNet
 from ppfer_jax.models.uvit import UViT, uvit_size
 from ppfer_jax.models.vgan import VGANDiscriminator, VGANGenerator
 
-__all__ = ["CodeAutoencoder", "MLP", "R3D18", "ResNet", "UNet", "UViT", "VGANDiscriminator", "VGANGenerator", "build_model", "MODEL_NAMES"]
+__all__ = ["CodeAutoencoder", "MLP", "R3D18", "ResNet", "UNet", "UViT", "VGANDiscriminator", "VGANGenerator",
+           "build_model", "MODEL_NAMES"]
 
 
 def _uvit(size: str | None = None, **fields: Any) -> UViT:
