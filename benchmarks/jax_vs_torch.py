@@ -2,8 +2,8 @@
 
     python benchmarks/jax_vs_torch.py [--repeats 10] [--reps 3] [--patches] [--compile] [--append RESULTS.md]
 
-Same architecture, batch and input size on both sides (the torch models are torchvision's, or the
-plain-PyTorch U-Net / U-ViT of tests/test_convert.py). Each model is built and compiled once per framework;
+Same architecture, batch and input size on both sides (the torch models are torchvision's, the plain-PyTorch
+U-Net / U-ViT of tests/test_convert.py, or, for the default config's width-8 networks, ``TorchNarrowResNet``). Each model is built and compiled once per framework;
 then ``--reps`` repetitions interleave the two (JAX, torch, JAX, torch, ...), each timing the median of
 ``--repeats`` steps after warm-up, so one noisy stretch cannot flip a ratio. Reports the median step times, the
 ratio torch / JAX (> 1: JAX is faster) as the median over repetitions with its range, and the versions and
@@ -35,6 +35,40 @@ import torchvision  # noqa: E402
 
 from ppfer_jax.models import build_model, layers  # noqa: E402
 
+class TorchNarrowResNet(torch.nn.Module):
+    """ResNet-18 / R3D-18 at any width, in plain PyTorch (torchvision fixes the width at 64): the default config's
+    networks. 2-D: the small-input stem (3x3, stride 1, no max-pool); 3-D: R3D's (3x7x7, stride (1, 2, 2))."""
+
+    def __init__(self, width: int, num_classes: int, video: bool):
+        super().__init__()
+        conv, norm = (torch.nn.Conv3d, torch.nn.BatchNorm3d) if video else (torch.nn.Conv2d, torch.nn.BatchNorm2d)
+        stem = conv(3, width, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False) if video else conv(3, width, 3, 1, 1,
+                                                                                              bias=False)
+        layers, channels = [stem, norm(width), torch.nn.ReLU()], width
+        for stage in range(4):
+            for block in range(2):
+                out, stride = width * 2**stage, 2 if stage > 0 and block == 0 else 1
+                layers.append(_TorchBasicBlock(conv, norm, channels, out, stride))
+                channels = out
+        self.body, self.head = torch.nn.Sequential(*layers), torch.nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(2).mean(-1))
+
+
+class _TorchBasicBlock(torch.nn.Module):
+    def __init__(self, conv, norm, channels: int, out: int, stride: int):
+        super().__init__()
+        self.conv1, self.bn1 = conv(channels, out, 3, stride, 1, bias=False), norm(out)
+        self.conv2, self.bn2 = conv(out, out, 3, 1, 1, bias=False), norm(out)
+        self.shortcut = (torch.nn.Sequential(conv(channels, out, 1, stride, bias=False), norm(out))
+                         if stride != 1 or channels != out else torch.nn.Identity())
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
 # name: (torch model, our spec + role fields, NCHW / NCDHW input shape, loss kind)
 CASES = {
     "unet (f=16, 64 px, b=8)": (lambda: TorchUNet(3, 3, 16, True), ({"name": "unet", "features": 16, "depth": 2},
@@ -47,6 +81,12 @@ CASES = {
         lambda: TorchUViT(32, 4, 3, 128, 6, 4, num_classes=2),
         ({"name": "uvit", "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4, "mlp_time_embed": True,
           "num_classes": 2}, {"img_size": 32, "in_channels": 3}), (8, 3, 32, 32), "l1"),
+    # the default config's (configs/synthetic.py) identity / expression classifiers and F_u, at their batches
+    "resnet18 w8 (32 px, b=64)": (lambda: TorchNarrowResNet(8, 12, video=False),
+                                  ({"name": "resnet18", "width": 8, "small_input": True}, {"num_classes": 12}),
+                                  (64, 3, 32, 32), "ce"),
+    "r3d_18 w8 (8x32x32, b=16)": (lambda: TorchNarrowResNet(8, 6, video=True),
+                                  ({"name": "r3d_18", "width": 8}, {"num_classes": 6}), (16, 3, 8, 32, 32), "ce"),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def make_iterator(
     elif transform is not None:
         dataset = dataset.map(transform)
     dataset = dataset.repeat(num_epochs)
-    batches = dataset.to_iter_dataset().batch(batch_size, drop_remainder=drop_remainder)
+    batches = dataset.to_iter_dataset(_read_options(batch_size)).batch(batch_size, drop_remainder=drop_remainder)
     if worker_count > 0:
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return iter(batches)
@@ -87,7 +88,7 @@ def iterate_once(
     shard = examples[shard_index::shard_count]
     batches_per_process = math.ceil(math.ceil(len(examples) / shard_count) / batch_size)
     padded = grain.MapDataset.range(batches_per_process * batch_size).map(_MaskedPadding(shard, filler=examples))
-    return iter(padded.to_iter_dataset().batch(batch_size))
+    return iter(padded.to_iter_dataset(_read_options(batch_size)).batch(batch_size))
 
 
 class _MaskedPadding(grain.transforms.Map):
@@ -112,6 +113,14 @@ def _resolve_shard(shard_index: int | None, shard_count: int | None) -> tuple[in
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} must lie in [0, shard_count={shard_count})")
     return shard_index, shard_count
+
+
+def _read_options(batch_size: int) -> grain.ReadOptions:
+    """Two batches read ahead by half the cores. grain's default (16 threads, 500 examples ahead) re-scans its
+    whole buffer of pending reads for every example it hands out: on this project's in-memory sources that
+    polling took about a tenth of a 2-core training stage (benchmarks/RESULTS.md)."""
+    return grain.ReadOptions(num_threads=max(1, min(16, (os.cpu_count() or 2) // 2)),
+                             prefetch_buffer_size=2 * batch_size)
 
 
 def _check_batch_size(batch_size: int) -> None:

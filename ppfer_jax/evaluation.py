@@ -227,14 +227,6 @@ def evaluate_method(ctx, method: str | None, *, utility: str, adaptive: str | No
     }
 
 
-def utility_accuracy(ctx, method: str | None, utility: str, split: str) -> float:
-    """F_u's (of stage ``utility``) expression accuracy on a split's clips, anonymised by ``method`` (None: raw)."""
-    def counts(v, batch):
-        return {"acc": metrics.correct_counts(ctx.nets.apply("f_u", v, to_float(batch["video"])),
-                                              batch["expression"], batch["mask"])}
-    return float(evaluator(ctx, counts, split, method)(ctx.network("f_u", utility))["acc"])
-
-
 def recover(nets, variables: dict, frames: jax.Array) -> jax.Array:
     """The recovery attacker's reconstruction of float frames (..., H, W, 3), clipped to the image range."""
     flat, lead = flatten_frames(frames)

@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 
 from data_pipelines.files import write_json_atomically
-from ppfer_jax import evaluation, report
+from ppfer_jax import evaluation, jobs, report
 from ppfer_jax.parallel import mesh_from_config
 from ppfer_jax.recipes import run as recipe
 from ppfer_jax.stage import Stage, train_stage
@@ -136,18 +136,19 @@ class StageRunner:
         self.timings = load_timings(ctx.workdir)
 
     def run(self, stage: Stage, *, stop_after: int | None = None) -> dict | None:
-        """The stage's summary, training it first if it is not finished; None if ``stop_after`` stopped it."""
-        if not is_complete(self.ctx.workdir, stage.name):
-            start = time.perf_counter()
-            train_stage(self.ctx, stage, stop_after=stop_after)
+        """The stage's summary, training it first if it is not finished; None if ``stop_after`` stopped it. Another
+        process training it (``reproduce --jobs``) is waited for."""
+        with jobs.stage_lock(self.ctx.workdir, stage.name):
             if not is_complete(self.ctx.workdir, stage.name):
-                return None
-            self.record(stage.name, time.perf_counter() - start + self.timings.get(stage.name, 0.0))
+                start = time.perf_counter()
+                train_stage(self.ctx, stage, stop_after=stop_after)
+                if not is_complete(self.ctx.workdir, stage.name):
+                    return None
+                self.record(stage.name, time.perf_counter() - start + self.timings.get(stage.name, 0.0))
         return read_summary(self.ctx.workdir, stage.name)
 
     def record(self, name: str, seconds: float) -> None:
-        self.timings[name] = seconds
-        save_timings(self.ctx.workdir, self.timings)
+        self.timings = save_timings(self.ctx.workdir, {name: seconds})
 
 
 def load_timings(workdir: Path) -> dict:
@@ -155,6 +156,10 @@ def load_timings(workdir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def save_timings(workdir: Path, timings: dict) -> None:
-    if jax.process_index() == 0:
-        write_json_atomically(workdir / "timings.json", timings)
+def save_timings(workdir: Path, timings: dict) -> dict:
+    """Adds ``timings`` to the workdir's (other processes of ``reproduce --jobs`` add theirs); returns them all."""
+    with jobs.file_lock(workdir, "timings"):
+        merged = {**load_timings(workdir), **timings}
+        if jax.process_index() == 0:
+            write_json_atomically(workdir / "timings.json", merged)
+    return merged

@@ -15,7 +15,8 @@ the adaptive attacker (``rows/<key>/adaptive``) and the recovery attacker of the
 the open-set, label-free verification check (``verification.py``, its recognition prior trained once) and, on the
 synthetic set, the open-set test: ACC and the verification check on people no stage saw.
 Stages shared between rows (the frame enhancer, PPFER's s1 for Tasks 4-5, a blur sigma's F_u) run once;
-finished stages and rows are skipped, so an interrupted ``reproduce`` resumes where it stopped.
+finished stages and rows are skipped, so an interrupted ``reproduce`` resumes where it stopped. On a CPU host rows
+are scored by two processes at once (``jobs``: ``ppfer_jax/jobs.py``).
 
 Writes ``suite_report.md`` / ``suite_report.json`` (our numbers beside the paper's CREMA-D ones),
 ``privacy_utility.png`` (Figure 1's scatter) and ``methods_frames.png`` (the methods on the same test clips).
@@ -34,6 +35,7 @@ import numpy as np
 from data_pipelines.files import write_json_atomically
 from data_pipelines.sources import OPEN_SET
 from ppfer_jax import evaluation, pipeline, reproduce_report, verification
+from ppfer_jax import jobs as job_processes
 from ppfer_jax.attacks import adaptive_attack_stage, clip_attack_stage, recovery_stage
 from ppfer_jax.baselines import blur, narula, open_set, optical_flow, pprl_vgan, swap, tradeoff
 from ppfer_jax.context import Context
@@ -41,6 +43,7 @@ from ppfer_jax.figures import frame_grid
 from ppfer_jax.parallel import mesh_from_config
 from ppfer_jax.recipes import ablations, run
 from ppfer_jax.stage import Stage
+from ppfer_jax.stages.classifiers import clip_classifier_eval
 from ppfer_jax.stages.utility import utility_stage
 from ppfer_jax.training import read_summary
 
@@ -230,39 +233,94 @@ def _checks(ctx) -> dict:
         checks["verification"] = lambda ctx, row: verify(row, "test")
     if ctx.config.data.name == "synthetic":
         checks["open_set"] = lambda ctx, row: {
-            "acc": evaluation.utility_accuracy(ctx, row.method, row.utility.name, OPEN_SET),
+            "acc": float(clip_classifier_eval(ctx, method=row.method, net="f_u", label="expression",
+                                              split=OPEN_SET)(ctx.load(row.utility.name))["acc"]),
             "verification": verify(row, OPEN_SET)}
     return checks
 
 
-def reproduce(config, workdir, *, mesh=None, make_figures: bool = True) -> dict:
-    """Runs the PPFER pipeline and every row of ``config.suite.rows``; writes and returns the suite report."""
+def reproduce(config, workdir, *, mesh=None, make_figures: bool = True, jobs: int | None = None) -> dict:
+    """Runs the PPFER pipeline and every row of ``config.suite.rows``; writes and returns the suite report.
+
+    With ``jobs`` > 1 (default ``jobs.default_jobs()``), helper processes score the rows that need no more of the
+    run than its pretraining while this one runs the pipeline, then all of them take the rows left
+    (``ppfer_jax/jobs.py``). Every stage's numbers are the same either way: they depend on the config and seed,
+    not on the process that trains them."""
     workdir = Path(workdir)
     start = time.perf_counter()
     unknown = [key for key in config.suite.rows if key not in ROWS]
     if unknown:
         raise ValueError(f"config suite.rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
-    main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures)
-    ctx = run.context(config, workdir, mesh or mesh_from_config(config), keep_originals=True, more_makers=MAKERS)
-    runner = pipeline.StageRunner(ctx)
-    if _verifies(ctx):  # the verification check's recognition prior, shared by every row
-        ctx.add_stages([verification.RECOGNITION_STAGE])
-        runner.run(verification.RECOGNITION_STAGE)
-    checks = _checks(ctx)
+    pipeline.check_workdir_config(config, workdir)
+    helpers = job_processes.start_helpers(config, workdir, (jobs or job_processes.default_jobs()) - 1)
+    try:
+        main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures)
+        runner, checks = _row_runner(config, workdir, mesh)
+        if helpers:
+            for key in config.suite.rows:
+                _score_unless_taken(key, runner, checks)
+        job_processes.wait(helpers)
+    finally:
+        job_processes.stop(helpers)
+    runner.timings = pipeline.load_timings(workdir)
     rows, results = {}, {}
-    for key in config.suite.rows:
-        print(f"\n== {key}")
-        rows[key] = build_row(key, runner)
-        if rows[key].status == "ok":
-            results[key] = score_row(runner, rows[key], checks)
-            ctx.splits.forget(rows[key].method, keep=("test",))
+    for key in config.suite.rows:  # every row now (cached, but for those a failed helper left)
+        rows[key], results[key] = _score(key, runner, checks, keep=("test",))
+    results = {key: result for key, result in results.items() if result is not None}
     suite = _suite(config, workdir, main, rows, results, runner.timings)
     suite["total_s"] = sum(runner.timings.values())
     suite["wall_s_this_call"] = time.perf_counter() - start
     if jax.process_index() == 0:
-        grid = _methods_grid(ctx, rows) if make_figures else None
+        grid = _methods_grid(runner.ctx, rows) if make_figures else None
         reproduce_report.write(workdir, suite, grid)
     return suite
+
+
+# rows that read the run's stages past its pretraining (s1-s3 or their summaries, the run's attackers): a helper
+# leaves them to the process running the pipeline
+AFTER_THE_RUN = {"no_privacy", "ppfer", "ppfer_robust", "blur1", "blur2", "task4", "task5"}
+
+
+def help_score_rows(config, workdir: Path) -> None:
+    """A helper process of ``reproduce``: the pretraining stages (in reverse, so that it and the parent split
+    them), then the rows that need nothing more, the last first (the parent goes from the first)."""
+    runner, checks = _row_runner(config, workdir, None, pretraining=True)
+    for key in reversed(config.suite.rows):
+        if key not in AFTER_THE_RUN:
+            _score_unless_taken(key, runner, checks)
+
+
+def _row_runner(config, workdir: Path, mesh, *, pretraining: bool = False):
+    """The stage runner of the rows (their context has every row's anonymiser), and the checks of every row.
+    ``pretraining``: first train (or wait for) the run's pretraining stages, which the rows read."""
+    ctx = run.context(config, workdir, mesh or mesh_from_config(config), keep_originals=True, more_makers=MAKERS)
+    runner = pipeline.StageRunner(ctx)
+    if pretraining:
+        for stage in reversed(run.STAGES):
+            if stage.name.startswith("pretrain/"):
+                runner.run(stage)
+    if _verifies(ctx):  # the verification check's recognition prior, shared by every row
+        ctx.add_stages([verification.RECOGNITION_STAGE])
+        runner.run(verification.RECOGNITION_STAGE)
+    return runner, _checks(ctx)
+
+
+def _score_unless_taken(key: str, runner: pipeline.StageRunner, checks: dict) -> None:
+    with job_processes.row_lock(runner.ctx.workdir, key) as mine:
+        if mine and not (runner.ctx.workdir / "rows" / key / RESULTS_FILE).exists():
+            _score(key, runner, checks)
+
+
+def _score(key: str, runner: pipeline.StageRunner, checks: dict, keep: tuple[str, ...] = ()) -> tuple[Row, dict | None]:
+    """The row and its results (None: the row is unavailable here), keeping its anonymised ``keep`` splits."""
+    if not (runner.ctx.workdir / "rows" / key / RESULTS_FILE).exists():
+        print(f"\n== {key}", flush=True)
+    row = build_row(key, runner)
+    if row.status != "ok":
+        return row, None
+    result = score_row(runner, row, checks)
+    runner.ctx.splits.forget(row.method, keep=keep)
+    return row, result
 
 
 def _suite(config, workdir: Path, main: dict, rows: dict, results: dict, timings: dict) -> dict:

@@ -120,6 +120,17 @@ def grouped_optimizer(groups: dict[str, tuple[str, ...]], inner: Callable | None
     return build
 
 
+def update_group(params: dict, opt_state: dict, group: str, names, loss_fn, inner, *, has_aux: bool = False):
+    """One group's turn in an adversarial step (``grouped_optimizer``'s per-group states): differentiates
+    ``loss_fn`` of the group's networks ``names`` only, and updates them and the group's optimizer state in
+    ``params`` / ``opt_state`` (dicts the step owns). Returns ``loss_fn``'s value."""
+    own = {n: params[n] for n in names}
+    out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(own)
+    updates, opt_state[group] = inner.update(grads, opt_state[group], own)
+    params.update(optax.apply_updates(own, updates))
+    return out
+
+
 # -- keys, seeds, state
 
 

@@ -24,9 +24,15 @@ SLOW_FIXTURES = {"tiny_run", "tiny_run_and_reads", "tiny_bundle"}
 
 
 def pytest_collection_modifyitems(items):
+    """Marks the tests on the tiny run ``slow``, and groups tests for pytest-xdist's ``loadgroup``: those on the
+    tiny run on one worker (it is built once per worker that needs it), every other module's on one worker (its
+    module-scoped fixtures too)."""
     for item in items:
         if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("tiny_run"))
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from ppfer_jax.recipes import run
 
 from conftest import TINY
 
-ROWS = ["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "pprl_vgan", "narula", "ppfer", "task1"]
+ROWS = ["no_privacy", "blur1", "blur2", "tradeoff", "optical_flow", "swap", "pprl_vgan", "narula", "open_set_priors",
+        "ppfer", "task1"]
 
 
 def _config():
@@ -29,7 +30,7 @@ def _config():
 def reproduced(tiny_run, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("suite") / "run"
     shutil.copytree(tiny_run, workdir)  # the PPFER stages are done: reproduce reuses them
-    return workdir, reproduce.reproduce(_config(), workdir)
+    return workdir, reproduce.reproduce(_config(), workdir, jobs=2)  # a helper process scores rows beside
 
 
 def _counted(value: float, total: int) -> bool:
@@ -108,10 +109,23 @@ def test_a_finished_suite_is_read_back_without_training(reproduced, monkeypatch)
 
     monkeypatch.setattr(pipeline, "train_stage", no_training)
     (workdir / "methods_frames.png").unlink()
-    again = reproduce.reproduce(_config(), workdir)  # the frame grid loads every row's networks afresh
+    again = reproduce.reproduce(_config(), workdir, jobs=1)  # the frame grid loads every row's networks afresh
     for key in ROWS:
         assert again["rows"][key]["acc"] == result["rows"][key]["acc"]
     assert (workdir / "methods_frames.png").exists()
+
+
+def test_a_row_its_helper_scored_has_the_numbers_of_one_process(reproduced, tiny_run, tmp_path):
+    workdir, result = reproduced
+    helped = [key for key in ROWS if f"== {key}" in (workdir / "jobs" / "helper1.log").read_text()]
+    assert "task1" in helped and "no_privacy" not in helped  # the helper takes from the end, rows past the run's
+    alone = tmp_path / "run"
+    shutil.copytree(tiny_run, alone)
+    config = _config()
+    config.suite.rows = ["task1"]
+    again = reproduce.reproduce(config, alone, jobs=1, make_figures=False)["rows"]["task1"]
+    for key in ("plr", "plr_permuted", "acc", "ssim", "psnr"):
+        assert again[key] == result["rows"]["task1"][key], key
 
 
 def test_the_oracle_swap_keeps_the_motion_and_replaces_every_face(reproduced):

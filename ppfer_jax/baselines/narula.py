@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from ppfer_jax import losses, metrics
 from ppfer_jax.anonymised import map_clips
 from ppfer_jax.evaluation import evaluator
 from ppfer_jax.nets import flatten_frames, pick_frames, to_float, to_uint8
-from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, optimizer_for
+from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, optimizer_for, update_group
 from ppfer_jax.stages.classifiers import frame_classifier_stage
 from ppfer_jax.training import PhasedStep
 
@@ -82,15 +81,12 @@ def _make_step(nets, config, tx) -> PhasedStep:
                 opt_state["identity"] = jax.tree.map(
                     lambda leaf: jnp.where(fresh, jnp.zeros_like(leaf), leaf) if leaf.ndim else leaf,
                     opt_state["identity"])
-            own = {n: params[n] for n in GROUPS[group]}
 
             def loss_fn(p):
                 e_ce, i_ce, logs, new_stats = losses_of({**params, **p}, state.batch_stats, batch, **modes)
                 return objective(e_ce, i_ce), (logs, new_stats)
-            (_, (logs, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(own)
-            updates, opt_state[group] = inner.update(grads, opt_state[group], own)
-            params.update(optax.apply_updates(own, updates))
-            stats = {n: new_stats[n] if n in own else state.batch_stats[n] for n in state.batch_stats}
+            _, (logs, new_stats) = update_group(params, opt_state, group, GROUPS[group], loss_fn, inner, has_aux=True)
+            stats = {n: new_stats[n] if n in GROUPS[group] else state.batch_stats[n] for n in state.batch_stats}
             return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=stats), {
                 "loss": logs["emotion_ce"], **logs, "phase": jnp.float32(phase)}
         return step

@@ -26,7 +26,7 @@ from ppfer_jax import losses, metrics
 from ppfer_jax.anonymised import map_clips
 from ppfer_jax.evaluation import evaluator
 from ppfer_jax.nets import flatten_frames, pick_frames, to_float, to_uint8
-from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, stage_key
+from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, stage_key, update_group
 
 GROUPS = {"discriminator": ("vgan_d",), "generator": ("vgan_g",)}
 SOFT_REAL = (0.9, 1.0)  # the discriminator's labels for real frames, drawn per frame
@@ -96,11 +96,7 @@ def _make_step(nets, config, tx):
             return discriminator.apply({"params": d_params}, images, train=True, rngs={"dropout": key})
 
         def update(group, loss_fn, has_aux=False):
-            own = {n: params[n] for n in GROUPS[group]}
-            out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(own)
-            updates, opt_state[group] = inner.update(grads, opt_state[group], own)
-            params.update(optax.apply_updates(own, updates))
-            return out
+            return update_group(params, opt_state, group, GROUPS[group], loss_fn, inner, has_aux=has_aux)
 
         d_real = update("discriminator", lambda own: discriminator_loss(
             judge(own["vgan_d"], frames, keys[2]), soft_real, identity, expression))

@@ -17,14 +17,13 @@ anonymised clips and the adaptive attacker on its frames.
 from __future__ import annotations
 
 import jax
-import optax
 
 from ppfer_jax import losses, metrics
 from ppfer_jax.anonymised import map_clips
 from ppfer_jax.evaluation import evaluator
 from ppfer_jax.nets import flatten_frames, pick_frames, random_frames, to_float, to_uint8
 from ppfer_jax.recipes.ablations import FRAME_ENHANCER
-from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, optimizer_for
+from ppfer_jax.stage import Stage, grouped_optimizer, net_variables, optimizer_for, update_group
 
 GROUPS = {"anonymiser": ("f_frame",), "models": ("f_u", "adversary")}
 
@@ -62,12 +61,9 @@ def _make_step(nets, config, tx):
             identity = losses.cross_entropy(logits_p, batch["identity"])
             return utility + identity, ({**logs, "adversary_ce": identity}, stats)
 
-        for group, loss_fn in (("anonymiser", anonymiser_loss), ("models", models_loss)):
-            own = {n: params[n] for n in GROUPS[group]}
-            out, grads = jax.value_and_grad(loss_fn, has_aux=group == "models")(own)
-            updates, opt_state[group] = inner.update(grads, opt_state[group], own)
-            params.update(optax.apply_updates(own, updates))
-        loss, (logs, stats) = out
+        update_group(params, opt_state, "anonymiser", GROUPS["anonymiser"], anonymiser_loss, inner)
+        loss, (logs, stats) = update_group(params, opt_state, "models", GROUPS["models"], models_loss, inner,
+                                           has_aux=True)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, batch_stats=stats), {
             "loss": loss, **logs}
     return step

@@ -50,11 +50,12 @@ def _clip_classifier_loss(nets, config, *, net: str, label: str):
     return loss_fn
 
 
-def _clip_classifier_eval(ctx, *, method: str | None, net: str, label: str):
+def clip_classifier_eval(ctx, *, method: str | None, net: str, label: str, split: str = "val"):
+    """The clip classifier's accuracy on a split's clips (anonymised by ``method``; None: raw): state -> dict."""
     def counts(state, batch):
         logits = ctx.nets.apply(net, net_variables(state, net), to_float(batch["video"]))
         return {"acc": metrics.correct_counts(logits, batch[label], batch["mask"])}
-    return evaluator(ctx, counts, "val", method)
+    return evaluator(ctx, counts, split, method)
 
 
 def clip_classifier_stage(name: str, train_key: str, net: str, label: str, method: str | None) -> Stage:
@@ -63,4 +64,4 @@ def clip_classifier_stage(name: str, train_key: str, net: str, label: str, metho
     part = dict(net=net, label=label)
     return Stage(name, train_key, (net,), (), "train", method,
                  make_step(functools.partial(_clip_classifier_loss, **part)),
-                 functools.partial(_clip_classifier_eval, method=method, **part), augmented=True)
+                 functools.partial(clip_classifier_eval, method=method, **part), augmented=True)

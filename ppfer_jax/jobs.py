@@ -1,0 +1,140 @@
+"""Several processes on one host sharing a workdir: ``ppfer-jax reproduce --jobs N`` scores its rows N at a time.
+
+On a CPU, XLA runs this project's small networks on about one core: two processes on two cores train about 1.4x
+as many steps per second as one (benchmarks/RESULTS.md). The processes coordinate through the workdir alone:
+
+* a stage trains under an exclusive lock (``stage_lock``); whoever gets it second finds the stage finished and
+  loads it, so a stage that rows share (a pretraining, a blur sigma's F_u) is trained once;
+* a row is scored by the process that holds its lock (``row_lock``, never waited for: a busy row is skipped);
+* ``timings.json`` is merged under a lock, not overwritten (``pipeline.save_timings``).
+
+Locks are ``flock``s, released when their process ends, so a killed job leaves nothing to clean up. Helpers are
+``python -m ppfer_jax.jobs WORKDIR INDEX`` processes that read the config the parent wrote to ``jobs/config.json``
+and log to ``jobs/helper<INDEX>.log``; the parent scores whatever a failed helper left. Only a single-process
+run uses locks: across hosts, every process takes part in every stage (collectives), so none may wait alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from data_pipelines.files import write_json_atomically
+
+JOBS_DIR = "jobs"
+
+
+def default_jobs() -> int:
+    """Two processes on a CPU host with two or more cores (one process there uses about one core); one elsewhere:
+    an accelerator is shared badly by two processes, and a multi-host run is one job already."""
+    if jax.default_backend() == "cpu" and jax.process_count() == 1 and (os.cpu_count() or 1) >= 2:
+        return 2
+    return 1
+
+
+def _lock_path(workdir: Path, name: str) -> Path:
+    path = Path(workdir) / JOBS_DIR / "locks" / (name.replace("/", "+") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _flock(workdir: Path, name: str, *, wait: bool):
+    """Holds the lock ``name`` of the workdir (True), or, with ``wait=False`` and the lock taken, yields False."""
+    if jax.process_count() > 1:
+        yield True
+        return
+    with open(_lock_path(workdir, name), "a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def stage_lock(workdir: Path, stage_name: str):
+    """Waits until no other process trains ``stage_name``; check whether it is finished after entering."""
+    return _flock(workdir, f"stage/{stage_name}", wait=True)
+
+
+def row_lock(workdir: Path, key: str):
+    """Yields whether this process got the row ``key`` (another process scoring it: False, at once)."""
+    return _flock(workdir, f"row/{key}", wait=False)
+
+
+def file_lock(workdir: Path, name: str):
+    """A short critical section over one of the workdir's shared files (``timings.json``)."""
+    return _flock(workdir, f"file/{name}", wait=True)
+
+
+def start_helpers(config, workdir: Path, count: int) -> list[tuple[subprocess.Popen, Path]]:
+    """``count`` helper processes scoring rows of ``config.suite.rows`` beside this one: (process, log) pairs."""
+    if count < 1:
+        return []
+    directory = Path(workdir) / JOBS_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(directory / "config.json", config.to_dict())
+    env = dict(os.environ)
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    helpers = []
+    for index in range(1, count + 1):
+        log = directory / f"helper{index}.log"
+        with open(log, "w") as out:
+            process = subprocess.Popen([sys.executable, "-m", "ppfer_jax.jobs", str(workdir), str(index)],
+                                       stdout=out, stderr=subprocess.STDOUT, env=env)
+        helpers.append((process, log))
+    print(f"reproduce: {count} helper process{'es' if count > 1 else ''} scoring rows beside this one "
+          f"(logs: {directory}/helper*.log)")
+    return helpers
+
+
+def wait(helpers: list[tuple[subprocess.Popen, Path]]) -> None:
+    """Waits for the helpers; says which failed (the parent then scores the rows they left)."""
+    for index, (process, log) in enumerate(helpers, start=1):
+        code = process.wait()
+        if code != 0:
+            print(f"reproduce: helper {index} exited with code {code} (see {log}); the rows it left run here")
+
+
+def stop(helpers: list[tuple[subprocess.Popen, Path]]) -> None:
+    """Ends the helpers (the parent failed or was interrupted); their finished stages and rows stay."""
+    for process, _ in helpers:
+        if process.poll() is None:
+            process.terminate()
+    for process, _ in helpers:
+        process.wait()
+
+
+def main(argv: list[str]) -> int:
+    """A helper: scores the rows of the parent's config that no other process holds."""
+    from absl import flags
+
+    from ppfer_jax import reproduce
+    from ppfer_jax.bundle import with_tuples
+    from ppfer_jax.cli import use_compilation_cache
+
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+    use_compilation_cache()
+    workdir = Path(argv[0])
+    config = ml_collections.ConfigDict(with_tuples(json.loads((workdir / JOBS_DIR / "config.json").read_text())))
+    print(f"helper {argv[1]} of reproduce in {workdir}", flush=True)
+    reproduce.help_score_rows(config, workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
