@@ -16,11 +16,11 @@ key can be overridden with ``--config.a.b=value`` (unknown keys stop the run).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from fractions import Fraction
 from pathlib import Path
 
+from ppfer_jax import parallel
 from ppfer_jax.config import DEFAULT_CONFIG, load_config
 
 
@@ -31,25 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if not a.startswith("--config.")]
     if unknown:
         parser.error(f"unrecognised arguments: {' '.join(unknown)}")
-    use_compilation_cache()
+    parallel.use_compilation_cache()
     try:
         config = load_config(args.config, overrides)
         return args.handler(config, args)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"ppfer-jax {args.command}: error: {_message(error)}", file=sys.stderr)
         return 2
-
-
-def use_compilation_cache() -> None:
-    """XLA's persistent compilation cache, in ``$JAX_COMPILATION_CACHE_DIR`` or ``~/.cache/ppfer-jax/xla``: the
-    stages of a run and the rows of ``reproduce`` compile the same steps again and again (every row trains
-    another F_u of one shape), and a later call starts warm. Results are the same as with a fresh compile."""
-    import jax
-
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ppfer-jax" / "xla"
-        jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,8 +9,8 @@ as many steps per second as one (benchmarks/RESULTS.md). The processes coordinat
 * ``timings.json`` is merged under a lock, not overwritten (``pipeline.save_timings``).
 
 Locks are ``flock``s, released when their process ends, so a killed job leaves nothing to clean up. Helpers are
-``python -m ppfer_jax.jobs WORKDIR INDEX`` processes that read the config the parent wrote to ``jobs/config.json``
-and log to ``jobs/helper<INDEX>.log``; the parent scores whatever a failed helper left. Only a single-process
+``python -m <module> WORKDIR INDEX`` processes (``ppfer_jax.reproduce``'s) that read the config the parent wrote to
+``jobs/config.json`` and log to ``jobs/helper<INDEX>.log``; the parent scores whatever a failed helper left. Only a single-process
 run uses locks: across hosts, every process takes part in every stage (collectives), so none may wait alone.
 """
 
@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 
 from data_pipelines.files import write_json_atomically
 
@@ -79,13 +77,19 @@ def file_lock(workdir: Path, name: str):
     return _flock(workdir, f"file/{name}", wait=True)
 
 
-def start_helpers(config, workdir: Path, count: int) -> list[tuple[subprocess.Popen, Path]]:
-    """``count`` helper processes scoring rows of ``config.suite.rows`` beside this one: (process, log) pairs."""
+def config_path(workdir: Path) -> Path:
+    """Where the parent leaves its config for the helpers."""
+    return Path(workdir) / JOBS_DIR / "config.json"
+
+
+def start_helpers(config, workdir: Path, count: int, module: str) -> list[tuple[subprocess.Popen, Path]]:
+    """``count`` helper processes ``python -m module WORKDIR INDEX`` working beside this one: (process, log)
+    pairs. They read ``config`` from ``config_path``."""
     if count < 1:
         return []
     directory = Path(workdir) / JOBS_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(directory / "config.json", config.to_dict())
+    write_json_atomically(config_path(workdir), config.to_dict())
     env = dict(os.environ)
     cache = jax.config.jax_compilation_cache_dir
     if cache:
@@ -94,7 +98,7 @@ def start_helpers(config, workdir: Path, count: int) -> list[tuple[subprocess.Po
     for index in range(1, count + 1):
         log = directory / f"helper{index}.log"
         with open(log, "w") as out:
-            process = subprocess.Popen([sys.executable, "-m", "ppfer_jax.jobs", str(workdir), str(index)],
+            process = subprocess.Popen([sys.executable, "-m", module, str(workdir), str(index)],
                                        stdout=out, stderr=subprocess.STDOUT, env=env)
         helpers.append((process, log))
     print(f"reproduce: {count} helper process{'es' if count > 1 else ''} scoring rows beside this one "
@@ -117,24 +121,3 @@ def stop(helpers: list[tuple[subprocess.Popen, Path]]) -> None:
             process.terminate()
     for process, _ in helpers:
         process.wait()
-
-
-def main(argv: list[str]) -> int:
-    """A helper: scores the rows of the parent's config that no other process holds."""
-    from absl import flags
-
-    from ppfer_jax import reproduce
-    from ppfer_jax.bundle import with_tuples
-    from ppfer_jax.cli import use_compilation_cache
-
-    flags.FLAGS.mark_as_parsed()  # grain reads absl flags
-    use_compilation_cache()
-    workdir = Path(argv[0])
-    config = ml_collections.ConfigDict(with_tuples(json.loads((workdir / JOBS_DIR / "config.json").read_text())))
-    print(f"helper {argv[1]} of reproduce in {workdir}", flush=True)
-    reproduce.help_score_rows(config, workdir)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 
 from data_pipelines.files import write_json_atomically
@@ -38,9 +40,10 @@ from ppfer_jax import evaluation, pipeline, reproduce_report, verification
 from ppfer_jax import jobs as job_processes
 from ppfer_jax.attacks import adaptive_attack_stage, clip_attack_stage, recovery_stage
 from ppfer_jax.baselines import blur, narula, open_set, optical_flow, pprl_vgan, swap, tradeoff
+from ppfer_jax.bundle import with_tuples
 from ppfer_jax.context import Context
 from ppfer_jax.figures import frame_grid
-from ppfer_jax.parallel import mesh_from_config
+from ppfer_jax.parallel import mesh_from_config, use_compilation_cache
 from ppfer_jax.recipes import ablations, run
 from ppfer_jax.stage import Stage
 from ppfer_jax.stages.classifiers import clip_classifier_eval
@@ -252,7 +255,7 @@ def reproduce(config, workdir, *, mesh=None, make_figures: bool = True, jobs: in
     if unknown:
         raise ValueError(f"config suite.rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
     pipeline.check_workdir_config(config, workdir)
-    helpers = job_processes.start_helpers(config, workdir, (jobs or job_processes.default_jobs()) - 1)
+    helpers = job_processes.start_helpers(config, workdir, (jobs or job_processes.default_jobs()) - 1, __name__)
     try:
         main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures)
         runner, checks = _row_runner(config, workdir, mesh)
@@ -360,3 +363,21 @@ def _methods_grid(ctx: Context, rows: dict) -> np.ndarray:
                 clips.append(ctx.source("test", row.method)[index]["video"])
                 labels.append(f"clip {index}: {row.label}")
     return frame_grid(clips, row_labels=labels, scale=2)
+
+
+def main(argv: list[str]) -> int:
+    """A helper process of ``reproduce`` (``python -m ppfer_jax.reproduce WORKDIR INDEX``, started by
+    ``jobs.start_helpers``): scores the rows of the parent's config that no other process holds."""
+    from absl import flags
+
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags
+    use_compilation_cache()
+    workdir = Path(argv[0])
+    config = ml_collections.ConfigDict(with_tuples(json.loads(job_processes.config_path(workdir).read_text())))
+    print(f"helper {argv[1]} of reproduce in {workdir}", flush=True)
+    help_score_rows(config, workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
