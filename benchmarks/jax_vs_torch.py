@@ -3,11 +3,11 @@
     python benchmarks/jax_vs_torch.py [--repeats 10] [--reps 3] [--patches] [--compile] [--append RESULTS.md]
 
 Same architecture, batch and input size on both sides (the torch models are torchvision's, the plain-PyTorch
-U-Net / U-ViT of tests/test_convert.py, or, for the default config's width-8 networks, ``TorchNarrowResNet``). Each model is built and compiled once per framework;
-then ``--reps`` repetitions interleave the two (JAX, torch, JAX, torch, ...), each timing the median of
-``--repeats`` steps after warm-up, so one noisy stretch cannot flip a ratio. Reports the median step times, the
-ratio torch / JAX (> 1: JAX is faster) as the median over repetitions with its range, and the versions and
-thread counts. The JAX step donates its state, as the project's stages do. Needs the [torch] extra.
+U-Net / U-ViT of tests/test_convert.py, or, for the default config's width-8 networks, ``TorchNarrowResNet``).
+Each model is built and compiled once per framework; then ``--reps`` repetitions interleave the two (JAX,
+torch, JAX, torch, ...), each timing the median of ``--repeats`` steps after warm-up, so one noisy stretch
+cannot flip a ratio. Reports the median step times, the ratio torch / JAX (> 1: JAX is faster) as the median
+over repetitions with its range, and the versions and thread counts. The JAX step donates its state, as the project's stages do. Needs the [torch] extra.
 """
 
 from __future__ import annotations

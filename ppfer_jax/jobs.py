@@ -9,9 +9,10 @@ as many steps per second as one (benchmarks/RESULTS.md). The processes coordinat
 * ``timings.json`` is merged under a lock, not overwritten (``pipeline.save_timings``).
 
 Locks are ``flock``s, released when their process ends, so a killed job leaves nothing to clean up. Helpers are
-``python -m <module> WORKDIR INDEX`` processes (``ppfer_jax.reproduce``'s) that read the config the parent wrote to
-``jobs/config.json`` and log to ``jobs/helper<INDEX>.log``; the parent scores whatever a failed helper left. Only a single-process
-run uses locks: across hosts, every process takes part in every stage (collectives), so none may wait alone.
+``python -m <module> WORKDIR INDEX`` processes (``ppfer_jax.reproduce``'s) that read the config the parent wrote
+to ``jobs/config.json`` and log to ``jobs/helper<INDEX>.log``; the parent scores whatever a failed helper left.
+Only a single-process run uses locks: across hosts, every process takes part in every stage (collectives), so
+none may wait alone.
 """
 
 from __future__ import annotations
