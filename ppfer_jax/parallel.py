@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import os
 import re
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
