@@ -191,12 +191,16 @@ def _blur_search(key: str, runner: pipeline.StageRunner) -> dict:
     return result
 
 
+def _results_path(workdir: Path, key: str) -> Path:
+    return workdir / "rows" / key / RESULTS_FILE
+
+
 def score_row(runner: pipeline.StageRunner, row: Row, checks: dict) -> dict:
     """Trains what the row is missing and evaluates it on the test split, plus ``checks`` (``_checks``; all cached
     in rows/<key>/results.json; a cached row gets the checks it lacks)."""
     ctx = runner.ctx
     ctx.add_stages(row.all_stages())  # the context can load them, even when the row's results are cached
-    path = ctx.workdir / "rows" / row.key / RESULTS_FILE
+    path = _results_path(ctx.workdir, row.key)
     result = json.loads(path.read_text()) if path.exists() else None
     if result is not None and set(checks) <= set(result):
         return result
@@ -310,13 +314,13 @@ def _row_runner(config, workdir: Path, mesh, *, pretraining: bool = False):
 
 def _score_unless_taken(key: str, runner: pipeline.StageRunner, checks: dict) -> None:
     with job_processes.row_lock(runner.ctx.workdir, key) as mine:
-        if mine and not (runner.ctx.workdir / "rows" / key / RESULTS_FILE).exists():
+        if mine and not _results_path(runner.ctx.workdir, key).exists():
             _score(key, runner, checks)
 
 
 def _score(key: str, runner: pipeline.StageRunner, checks: dict, keep: tuple[str, ...] = ()) -> tuple[Row, dict | None]:
     """The row and its results (None: the row is unavailable here), keeping its anonymised ``keep`` splits."""
-    if not (runner.ctx.workdir / "rows" / key / RESULTS_FILE).exists():
+    if not _results_path(runner.ctx.workdir, key).exists():
         print(f"\n== {key}", flush=True)
     row = build_row(key, runner)
     if row.status != "ok":

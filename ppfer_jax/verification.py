@@ -99,11 +99,10 @@ def val_threshold(ctx, variables: dict) -> float:
     return equal_error_threshold(*same_and_different(pair_scores(val["embedding"]), val["identity"]))
 
 
-def verify(ctx, method: str | None, split: str = "test", threshold: float | None = None) -> dict:
-    """The verification numbers of a method's anonymised clips of ``split`` (None: the raw clips); ``threshold``:
-    ``val_threshold``'s, when already computed."""
+def verify(ctx, method: str | None, split: str, threshold: float) -> dict:
+    """The verification numbers of a method's anonymised clips of ``split`` (None: the raw clips), at
+    ``val_threshold``'s threshold (fixed once per call of ``reproduce``)."""
     variables = ctx.network("recognizer", RECOGNITION)
-    threshold = val_threshold(ctx, variables) if threshold is None else threshold
     clips = _gathered_embeddings(ctx, variables, split, method)
     return verification_numbers(clips.get("original", clips["embedding"]), clips["embedding"], clips["identity"],
                                 threshold)
