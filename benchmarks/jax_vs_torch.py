@@ -1,13 +1,14 @@
 """One training step (forward + backward + Adam) of the same model in jitted JAX and in PyTorch.
 
-    python benchmarks/jax_vs_torch.py [--repeats 10] [--reps 3] [--patches] [--compile] [--append RESULTS.md]
+    python benchmarks/jax_vs_torch.py [--repeats 10] [--reps 3] [--native-convs] [--compile] [--append RESULTS.md]
 
 Same architecture, batch and input size on both sides (the torch models are torchvision's, the plain-PyTorch
 U-Net / U-ViT of tests/test_convert.py, or, for the default config's width-8 networks, ``TorchNarrowResNet``).
 Each model is built and compiled once per framework; then ``--reps`` repetitions interleave the two (JAX,
 torch, JAX, torch, ...), each timing the median of ``--repeats`` steps after warm-up, so one noisy stretch
 cannot flip a ratio. Reports the median step times, the ratio torch / JAX (> 1: JAX is faster) as the median
-over repetitions with its range, and the versions and thread counts. The JAX step donates its state, as the project's stages do. Needs the [torch] extra.
+over repetitions with its range, the JAX step's compile time (lowering and XLA, once, no persistent cache), and
+the versions and thread counts. The JAX step donates its state, as the project's stages do. Needs the [torch] extra.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +92,9 @@ CASES = {
 }
 
 
+CONVS = {False: "layers.conv (wide small-map convs as patches)", True: "XLA native convolution"}  # by --native-convs
+
+
 def _median_seconds(step, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -99,9 +104,15 @@ def _median_seconds(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def jax_step(spec, fields, shape, loss_kind, *, with_step: bool = False):
-    """A warmed-up, jitted JAX training step of the model: a function running one step (and, ``with_step``, the
-    jitted step and its state, for profiling)."""
+class JaxStep(NamedTuple):
+    run: Callable[[], None]  # one warmed-up step
+    step: Callable  # the jitted step, and its state (for profiling)
+    state: list
+    compile_seconds: float  # lowering and compiling the step once, before any run
+
+
+def jax_step(spec, fields, shape, loss_kind) -> JaxStep:
+    """A warmed-up, jitted JAX training step of the model, with the time its first compilation took."""
     model = build_model(spec, **fields)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(np.moveaxis(np.empty(shape), 1, -1).shape), jnp.float32)
     labels = jnp.zeros((shape[0],), jnp.int32)
@@ -126,6 +137,9 @@ def jax_step(spec, fields, shape, loss_kind, *, with_step: bool = False):
         return optax.apply_updates(params, updates), stats, opt, loss
 
     state = [params, stats, opt]
+    start = time.perf_counter()
+    step.lower(*state).compile()
+    compile_seconds = time.perf_counter() - start
 
     def run():
         *new, loss = step(*state)
@@ -133,7 +147,7 @@ def jax_step(spec, fields, shape, loss_kind, *, with_step: bool = False):
         loss.block_until_ready()
     for _ in range(2):
         run()
-    return (run, step, state) if with_step else run
+    return JaxStep(run, step, state, compile_seconds)
 
 
 def torch_step(make, shape, loss_kind, compile_model):
@@ -169,28 +183,31 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (at least 3)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     parser.add_argument("--models", nargs="*", default=None, help="a subset of the models (name prefixes)")
-    parser.add_argument("--patches", action="store_true",
-                        help="layers.PATCHES_ON_CPU: small-map and 1x1 convs as patches x matrix on CPU")
+    parser.add_argument("--native-convs", action="store_true",
+                        help="layers.PATCHES_ON_CPU off: XLA's own convolution for wide small-map and 1x1 convs too")
     parser.add_argument("--append", type=Path, default=None, help="append a Markdown table to this file")
     args = parser.parse_args(argv)
-    layers.PATCHES_ON_CPU = args.patches
+    layers.PATCHES_ON_CPU = not args.native_convs
     if args.reps < 3:
         parser.error("--reps: at least 3 interleaved repetitions")
-    header = "| model (fwd+bwd+Adam) | JAX jit (ms) | torch eager (ms) | eager / JAX (median, range) |"
-    rows = [header, "|---|---|---|---|"]
+    header = ("| model (fwd+bwd+Adam) | JAX jit (ms) | torch eager (ms) | eager / JAX (median, range) | "
+              "JAX compile (s) |")
+    rows = [header, "|---|---|---|---|---|"]
     if args.compile:
-        rows = [header[:-1] + " torch.compile (ms) | compile / JAX |", "|---|---|---|---|---|---|"]
+        rows = [header + " torch.compile (ms) | compile / JAX |", "|---|---|---|---|---|---|---|"]
     cases = {name: case for name, case in CASES.items()
              if not args.models or any(name.startswith(m) for m in args.models)}
     for name, (make, (spec, fields), shape, loss_kind) in cases.items():
-        jax_run, torch_run = jax_step(spec, fields, shape, loss_kind), torch_step(make, shape, loss_kind, False)
+        jax_run = jax_step(spec, fields, shape, loss_kind)
+        torch_run = torch_step(make, shape, loss_kind, False)
         t_jax, t_eager = [], []
         for _ in range(args.reps):
-            t_jax.append(_median_seconds(jax_run, args.repeats))
+            t_jax.append(_median_seconds(jax_run.run, args.repeats))
             t_eager.append(_median_seconds(torch_run, args.repeats))
         ratios = [e / j for e, j in zip(t_eager, t_jax)]
         row = (f"| {name} | {1e3 * statistics.median(t_jax):.1f} | {1e3 * statistics.median(t_eager):.1f} | "
-               f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
+               f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | "
+               f"{jax_run.compile_seconds:.1f} |")
         if args.compile:
             try:
                 t_comp = _median_seconds(torch_step(make, shape, loss_kind, True), args.repeats)
@@ -201,7 +218,7 @@ def main(argv=None) -> int:
         print(row, flush=True)
     device = jax.devices()[0]
     title = (f"\n### JAX vs PyTorch, one training step — {datetime.date.today()}, {device.platform} "
-             f"({device.device_kind}); {'layers.PATCHES_ON_CPU' if args.patches else 'XLA native convolution'}; "
+             f"({device.device_kind}); {CONVS[args.native_convs]}; "
              f"{environment()}; median of {args.repeats} steps after 2 warm-up steps, {args.reps} interleaved "
              f"repetitions\n")
     print(title)

@@ -68,16 +68,16 @@ def test_conv_takes_the_native_op_for_what_patches_do_not_cover():
                                                                         dimension_numbers=numbers))
 
 
-@pytest.mark.parametrize("side, kernel, expected", [
-    (2, (3, 3), "dot_general"),             # a map at most SMALL_MAP wide: patches times a matrix
-    (16, (3, 3), "conv_general_dilated"),   # a larger map: XLA's own convolution
-    (16, (1, 1), "dot_general"),            # pointwise: a matrix product
-    (16, (3, 3, 3), "conv_general_dilated"),  # 3-D on a larger map: one 2-D conv over time-shifted copies
+@pytest.mark.parametrize("side, kernel, channels, expected", [
+    (2, (3, 3), 256, "dot_general"),            # a wide conv onto a map at most SMALL_MAP wide: patches x matrix
+    (16, (3, 3), 256, "conv_general_dilated"),  # a larger map: XLA's own convolution
+    (16, (1, 1), 256, "dot_general"),           # wide and pointwise: a matrix product
+    (2, (3, 3), 128, "conv_general_dilated"),   # narrower than WIDE_INPUT: XLA's own, on any map
+    (16, (3, 3, 3), 8, "conv_general_dilated"),  # 3-D on a larger map: one 2-D conv over time-shifted copies
 ])
-def test_conv_routes_each_cpu_convolution_to_its_faster_lowering(side, kernel, expected, monkeypatch):
-    monkeypatch.setattr(layers, "PATCHES_ON_CPU", True)
-    x = jnp.zeros((1, *((4,) if len(kernel) == 3 else ()), side, side, 8))
-    k = jnp.zeros((*kernel, 8, 8))
+def test_conv_routes_each_cpu_convolution_to_its_faster_lowering(side, kernel, channels, expected):
+    x = jnp.zeros((1, *((4,) if len(kernel) == 3 else ()), side, side, channels))
+    k = jnp.zeros((*kernel, channels, 8))
     padding = tuple((n // 2, n // 2) for n in kernel)
     numbers = jax.lax.conv_dimension_numbers(x.shape, k.shape, _layout(len(kernel)))  # as nn.Conv passes them
     primitives = {str(eqn.primitive) for eqn in jax.make_jaxpr(
@@ -85,10 +85,18 @@ def test_conv_routes_each_cpu_convolution_to_its_faster_lowering(side, kernel, e
     assert expected in primitives and ({"dot_general", "conv_general_dilated"} - {expected}) & primitives == set()
 
 
-def test_patches_are_off_by_default():
-    """Off by default (their compile cost; benchmarks/RESULTS.md): a small map runs XLA's own convolution."""
-    x, k = jnp.zeros((1, 2, 2, 8)), jnp.zeros((3, 3, 8, 8))
-    numbers = jax.lax.conv_dimension_numbers(x.shape, k.shape, _layout(2))
-    primitives = {str(eqn.primitive) for eqn in jax.make_jaxpr(
-        lambda x, k: conv(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers))(x, k).jaxpr.eqns}
-    assert "conv_general_dilated" in primitives and "dot_general" not in primitives
+@pytest.mark.parametrize("config", ["configs/synthetic.py", "configs/synthetic.py:tiny"])
+def test_the_synthetic_configs_networks_are_narrower_than_the_patches_threshold(config):
+    """Their convolutions all run XLA's own op on CPU: the patches' taps would only add compile time at these
+    widths, and the runs' numbers stay those of lax's convolution (benchmarks/RESULTS.md, 2026-11-30)."""
+    from ppfer_jax.config import load_config
+    from ppfer_jax.nets import Nets
+
+    nets = Nets(load_config(config))
+    widest = 0
+    for name in nets.modules:
+        variables = jax.eval_shape(lambda name=name: nets.init(name, jax.random.key(0)))
+        kernels = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+                   if leaf.ndim >= 4 and "kernel" in jax.tree_util.keystr(path)]
+        widest = max([widest, *(shape[-2] for shape in kernels)])
+    assert 64 <= widest < layers.WIDE_INPUT  # the default U-Net's bottom takes 128 channels, the tiny one's 64

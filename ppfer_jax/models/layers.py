@@ -53,24 +53,26 @@ def upsample_bilinear_align_corners(x: jnp.ndarray, scale: int = 2) -> jnp.ndarr
     return resize_bilinear_align_corners(x, x.shape[1] * scale, x.shape[2] * scale)
 
 
-# Off by default: on the synthetic configs it makes compiling slower (test suite 17 -> 24 min) and the default run
-# no faster; benchmarks/jax_vs_torch.py and cpu_profile.py --patches turn it on (benchmarks/RESULTS.md).
-PATCHES_ON_CPU = False
+# Patches pay on CPU only for wide inputs: there the native convolution of a map a few pixels wide is up to 45x
+# slower; on narrower inputs it is as fast or faster and the taps only add compile time (benchmarks/RESULTS.md). No
+# conv of the synthetic configs' networks is that wide (tests/test_layers.py), so their numbers are XLA's own.
+PATCHES_ON_CPU = True
 SMALL_MAP = 4  # output side (pixels) at or below which XLA:CPU's convolution leaves its fast path
+WIDE_INPUT = 256  # input channels from which a small-map or 1x1 conv runs as patches times a matrix on CPU
 
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
          feature_group_count=1, precision=None):
     """``lax.conv_general_dilated`` for ``nn.Conv`` (its ``conv_general_dilated``), with CPU lowerings.
 
-    With ``PATCHES_ON_CPU``: on XLA:CPU a convolution whose output map is small (a side of ``SMALL_MAP`` pixels or
-    less: the last stages of ResNet and R3D at this project's frame sizes) is computed with convolutions XLA's fast
-    path does not take -- its kernel gradient with batch and feature axes swapped, the input gradient of a strided
-    conv base-dilated -- up to 45x slower than the same work as a matrix product; a 1x1 stride-1 conv is a matrix
-    product anyway; and 3-D convolutions are slow in general (benchmarks/RESULTS.md). So on CPU a plain (undilated, ungrouped)
-    channels-last convolution is computed as patches times a matrix (``conv_as_matmul``) in those two cases. A 3-D
-    one otherwise runs as one 2-D convolution over time-shifted copies (``conv3d_as_2d``); elsewhere (cuDNN, TPU)
-    the native op runs. Same kernel layout and parameters either way.
+    On XLA:CPU, with ``PATCHES_ON_CPU``, a convolution of at least ``WIDE_INPUT`` input channels whose output map
+    is small (a side of ``SMALL_MAP`` pixels or less: the last stages of ResNet-50 and R3D-18 at 32-64 px) is
+    computed with convolutions XLA's fast path does not take -- its kernel gradient with batch and feature axes
+    swapped, the input gradient of a strided conv base-dilated -- up to 45x slower than the same work as a matrix
+    product; a wide 1x1 stride-1 conv is a matrix product anyway. So on CPU such a plain (undilated, ungrouped)
+    channels-last convolution is computed as patches times a matrix (``conv_as_matmul``). A 3-D one otherwise runs
+    as one 2-D convolution over time-shifted copies (``conv3d_as_2d``); elsewhere (cuDNN, TPU) the native op
+    runs. Same kernel layout and parameters either way.
     """
     spatial = lhs.ndim - 2
     channels_last = dimension_numbers == jax.lax.conv_dimension_numbers(  # as nn.Conv passes them
@@ -84,7 +86,8 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
         out = [(n + before + after - k) // s + 1
                for n, (before, after), k, s in zip(lhs.shape[1:-1], padding, window, window_strides)]
         pointwise = all(k == 1 for k in window) and all(s == 1 for s in window_strides)
-        if PATCHES_ON_CPU and (min(out[-2:]) <= SMALL_MAP or pointwise):
+        wide = rhs.shape[-2] >= WIDE_INPUT
+        if PATCHES_ON_CPU and wide and (min(out[-2:]) <= SMALL_MAP or pointwise):
             return conv_as_matmul(lhs, rhs, window_strides, padding, precision=precision)
         if spatial == 3:
             return conv3d_as_2d(lhs, rhs, window_strides, padding, precision=precision)
