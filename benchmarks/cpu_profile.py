@@ -1,4 +1,4 @@
-"""Where a ResNet-50 and an R3D-18 training step spend their time on CPU, in JAX and in PyTorch, by component.
+"""Where a training step spends its time on CPU, in JAX and in PyTorch: by component (ResNets, R3Ds) and by op.
 
     python benchmarks/cpu_profile.py [--steps 3] [--native-convs] [--models resnet18_w8 r3d_18_w8] [--kinds 8]
                                      [--append benchmarks/RESULTS.md]
