@@ -82,8 +82,8 @@ def profile_jax(model: str, steps: int) -> tuple[dict[str, float], dict[str, flo
     """Milliseconds per step by component, summed over XLA's threads (``wall``: the traced steps' wall time), and
     by XLA thunk kind."""
     _, (spec, fields), shape, loss_kind = CASES[MODELS[model]]
-    run, step, state, _ = jax_step(spec, fields, shape, loss_kind)
-    hlo = step.lower(*state[:3]).compile().as_text()
+    run, compiled, _, _ = jax_step(spec, fields, shape, loss_kind)
+    hlo = compiled.as_text()
     op_names = dict(re.findall(r"%([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"", hlo))
     directory = tempfile.mkdtemp()
     with jax.profiler.trace(directory):

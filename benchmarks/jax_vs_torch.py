@@ -106,13 +106,13 @@ def _median_seconds(step, repeats: int) -> float:
 
 class JaxStep(NamedTuple):
     run: Callable[[], None]  # one warmed-up step
-    step: Callable  # the jitted step, and its state (for profiling)
+    compiled: jax.stages.Compiled  # the step run runs, and its state (for profiling)
     state: list
-    compile_seconds: float  # lowering and compiling the step once, before any run
+    compile_seconds: float  # lowering and compiling the step, before any run
 
 
 def jax_step(spec, fields, shape, loss_kind) -> JaxStep:
-    """A warmed-up, jitted JAX training step of the model, with the time its first compilation took."""
+    """A warmed-up, jitted JAX training step of the model, with the time its compilation took."""
     model = build_model(spec, **fields)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(np.moveaxis(np.empty(shape), 1, -1).shape), jnp.float32)
     labels = jnp.zeros((shape[0],), jnp.int32)
@@ -138,16 +138,16 @@ def jax_step(spec, fields, shape, loss_kind) -> JaxStep:
 
     state = [params, stats, opt]
     start = time.perf_counter()
-    step.lower(*state).compile()
+    compiled = step.lower(*state).compile()
     compile_seconds = time.perf_counter() - start
 
     def run():
-        *new, loss = step(*state)
+        *new, loss = compiled(*state)
         state[:] = new
         loss.block_until_ready()
     for _ in range(2):
         run()
-    return JaxStep(run, step, state, compile_seconds)
+    return JaxStep(run, compiled, state, compile_seconds)
 
 
 def torch_step(make, shape, loss_kind, compile_model):
