@@ -4,13 +4,14 @@ import ml_collections
 
 
 def stage(steps: int, batch_size: int, learning_rate: float, eval_every: int | None = None,
-          schedule: str = "constant") -> ml_collections.ConfigDict:
+          schedule: str = "constant", patience: int | None = None) -> ml_collections.ConfigDict:
     """One training stage's schedule. ``batch_size`` is global: split over every process and batch device.
     ``schedule``: "constant", or "cosine" (linear warm-up over a tenth of
     the steps, then cosine decay to 0). ``eval_every``: evaluate and select the best checkpoint this often
-    (stages that select one)."""
+    (stages that select one); ``patience``: stop once that many evaluations in a row have not improved on the
+    best (None: train all ``steps``)."""
     return ml_collections.ConfigDict(dict(steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                                          eval_every=eval_every, schedule=schedule))
+                                          eval_every=eval_every, schedule=schedule, patience=patience))
 
 
 def robust_privacy(*, adversaries: int, restart_every: int, warmup_steps: int, adversary_steps: int = 4,

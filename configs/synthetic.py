@@ -118,7 +118,7 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     t = c.train = ml_collections.ConfigDict()
     t.optimizer = "adam"  # or "sgd" (momentum 0.9); paper: not stated (official code: Adam)
     t.log_every = 10
-    t.checkpoint_every = 100  # also where an interrupted stage resumes from
+    t.checkpoint_every = 200  # also where an interrupted stage resumes from
     # Utility-model training clips (s3/utility, no_privacy): random horizontal flip, +-max_shift px shift, and
     # the paper's random resized crop (area scale range, e.g. (0.8, 1.0); None: off, as +-2 px shifts slowed learning).
     t.augment = ml_collections.ConfigDict(dict(flip=True, max_shift=0, resized_crop_scale=None))
@@ -128,20 +128,24 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     # Paper: epochs, batch sizes and learning rates are not stated for any stage.
     # One random frame per clip per step for the frame classifiers; all T frames of each clip for the
     # enhancers, the compensator and the utility model.
-    t.pretrain_identity = stage(60 if tiny else 200, 32 if tiny else 64, 2e-3)     # C_lpr, C_hpr, V_pl
+    # The step counts fit the whole default run into 10 minutes on 2 CPU cores (benchmarks/RESULTS.md, "Where the
+    # time of `ppfer-jax run` goes").
+    t.pretrain_identity = stage(60 if tiny else 120, 32 if tiny else 64, 2e-3)     # C_lpr, C_hpr, V_pl, V_sel
     t.pretrain_enhancer = stage(10 if tiny else 100, 4 if tiny else 8, 2e-3)       # F_lpr, F_hpr (L1)
     t.pretrain_expression = stage(20 if tiny else 600, 32 if tiny else 64, 2e-3)   # C_fc on 'wild'
     # Alg. 1 at the official code's Adam 1e-4 (benchmarks/RESULTS.md: how V_pl falls over the steps).
     # (tiny: 10 steps at 1e-2, so that its anonymiser visibly acts from the identity start.)
     t.privacy = stage(10 if tiny else 450, 4 if tiny else 8, 1e-2 if tiny else 1e-4, eval_every=5 if tiny else 25)
-    t.compensation = stage(10 if tiny else 150, 4 if tiny else 8, 1e-3)           # Alg. 2
-    # F_u: 800 steps of 16 clips (22 epochs); shorter or smaller-batch schedules: benchmarks/RESULTS.md.
-    t.utility = stage(10 if tiny else 800, 4 if tiny else 16, 1e-3, schedule="cosine")     # F_u on C
-    t.no_privacy = stage(10 if tiny else 800, 4 if tiny else 16, 1e-3, schedule="cosine")  # F_u on raw clips
+    t.compensation = stage(10 if tiny else 100, 4 if tiny else 8, 1e-3)           # Alg. 2
+    # F_u: 600 steps of 16 clips (17 epochs); shorter or smaller-batch schedules: benchmarks/RESULTS.md.
+    t.utility = stage(10 if tiny else 600, 4 if tiny else 16, 1e-3, schedule="cosine")     # F_u on C
+    t.no_privacy = stage(10 if tiny else 600, 4 if tiny else 16, 1e-3, schedule="cosine")  # F_u on raw clips
     t.adaptive_attack = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)      # fresh identity classifier
     t.clip_attack = stage(10 if tiny else 300, 4 if tiny else 16, 1e-3, schedule="cosine")  # fresh R3D on identity
     # ppfer_robust: 4 random frames of each of 36 clips per step, about 12 frames of each of the 12 people
-    t.robust_privacy = stage(10 if tiny else 1500, 12 if tiny else 36, 1e-3, eval_every=5 if tiny else 100)
+    # stops once 3 evaluations in a row (300 steps) have not bettered the selected checkpoint
+    t.robust_privacy = stage(10 if tiny else 1500, 12 if tiny else 36, 1e-3, eval_every=5 if tiny else 100,
+                             patience=None if tiny else 3)
 
     # `ppfer-jax reproduce` (configs/common.py evaluation_suite; ppfer_jax/reproduce.py). Paper: not stated.
     # sigma in px at 32 px frames (16: little but the mean colour is left); 2 px per frame of flow is full brightness.

@@ -4,19 +4,28 @@ The stages downstream of an anonymiser (the utility model, the attackers) train 
 uint8 video -- rather than recomputing the frozen chain in each of their steps, which would cost more than
 training them. A method is named ``family[/detail]`` (``ppfer``, ``blur/sigma_2``); each family has a maker
 ``(ctx, split, method) -> ArraySource``, usually built on ``map_clips``.
+
+On one host a split, once made, is also written to ``workdir/anonymised/<method>/<split>.npz`` (under a lock), so
+the other processes of ``run --jobs`` / ``reproduce --jobs`` read it instead of making it again; the folder may be
+deleted once the run is finished.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental.multihost_utils import process_allgather
 
+from data_pipelines.files import write_atomically
 from data_pipelines.loader import MASK, iterate_once
 from data_pipelines.sources import ArraySource
+from ppfer_jax import jobs
 from ppfer_jax.parallel import global_batch
+
+DIRECTORY = "anonymised"
 
 
 class AnonymisedSplits:
@@ -36,7 +45,7 @@ class AnonymisedSplits:
             if family not in self.makers:
                 raise ValueError(f"no anonymisation method {family!r} (of {method!r}); known: "
                                  f"{', '.join(self.makers)}")
-            self._made[key] = self.makers[family](ctx, split, method)
+            self._made[key] = self._shared(ctx, split, method, lambda: self.makers[family](ctx, split, method))
         full = self._made[key]
         if with_originals:
             if "original" not in full.arrays:
@@ -44,6 +53,20 @@ class AnonymisedSplits:
                                  f"Context with keep_originals=True")
             return full
         return ArraySource({k: v for k, v in full.arrays.items() if k != "original"})
+
+    def _shared(self, ctx, split: str, method: str, make: Callable[[], ArraySource]) -> ArraySource:
+        """The split as another process of this host wrote it, else ``make()``, written for the others."""
+        if jax.process_count() > 1:
+            return make()
+        path = Path(ctx.workdir) / DIRECTORY / method.replace("/", "+") / f"{split}.npz"
+        with jobs.file_lock(ctx.workdir, f"{DIRECTORY}/{method}/{split}"):
+            if path.exists():
+                with np.load(path) as stored:
+                    if not self.keep_originals or "original" in stored.files:
+                        return ArraySource({name: stored[name] for name in stored.files})
+            made = make()
+            write_atomically(path, lambda file: np.savez(file, **made.arrays))
+            return made
 
     def forget(self, method: str | None, keep: tuple[str, ...] = ()) -> None:
         """Frees a method's anonymised splits, but those of ``keep``."""

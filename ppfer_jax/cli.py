@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, default=Path("workdir"), help="where outputs go (default ./workdir)")
     run.add_argument("--stage", default=None,
                      help="re-run this stage (e.g. s1/privacy) and every stage downstream of it")
+    run.add_argument("--jobs", type=int, default=None,
+                     help="processes training independent stages at once (default: 2 on a CPU with 2 or more "
+                          "cores, else 1; 1: one stage after another, in run order)")
     reproduce = command("reproduce", _reproduce, "run the paper's whole evaluation: the method, the Table 1 "
                         "baselines, the threat model (Table 3) and the ablations (Table 4), reusing finished stages")
     reproduce.add_argument("--workdir", type=Path, default=Path("workdir"),
@@ -164,7 +167,7 @@ def _run(config, args) -> int:
     _start_training(config)
     start = time.perf_counter()
     try:
-        result = pipeline.run(config, args.workdir, rerun=args.stage)
+        result = pipeline.run(config, args.workdir, rerun=args.stage, jobs=args.jobs)
     except FloatingPointError as error:
         return _diverged("run", error)
     print("\n" + report.tables(result))

@@ -9,6 +9,7 @@ from ppfer_jax.anonymised import AnonymisedSplits
 from ppfer_jax.nets import Nets
 from ppfer_jax.parallel import process_batch_size
 from ppfer_jax.stage import Stage, producer, shape_state, state_sharding
+from ppfer_jax.timing import charged
 from ppfer_jax.training import TrainState, abstract_state, load_best
 
 
@@ -30,9 +31,10 @@ class Context:
 
     def source(self, split: str, method: str | None = None, *, with_originals: bool = False) -> ArraySource:
         """A data split's clips: as rendered, or anonymised by a method (computed once per run and method)."""
-        if method is None:
-            return load_split(self.config, split)
-        return self.splits.get(self, split, method, with_originals=with_originals)
+        with charged("data"):
+            if method is None:
+                return load_split(self.config, split)
+            return self.splits.get(self, split, method, with_originals=with_originals)
 
     def add_stages(self, stages) -> None:
         """Stages defined while running (``reproduce``'s rows, whose blur sigma is searched) become loadable."""
@@ -45,7 +47,8 @@ class Context:
                 raise ValueError(f"no stage {stage_name!r} to load networks from")
             stage = self.stages[stage_name]
             target = abstract_state(shape_state(self.nets, stage), state_sharding(self.nets, self.mesh, stage))
-            self._states[stage_name] = load_best(self.workdir, stage_name, target)
+            with charged("load"):
+                self._states[stage_name] = load_best(self.workdir, stage_name, target)
         return self._states[stage_name]
 
     def network(self, name: str, stage_name: str | None = None) -> dict:

@@ -35,7 +35,7 @@ from jax.experimental.multihost_utils import process_allgather
 from data_pipelines.labels import EXPRESSIONS
 from data_pipelines.loader import MASK, iterate_once
 from ppfer_jax import metrics, wavelets
-from ppfer_jax.nets import compensated_clips, flatten_frames, pick_frames, to_float, to_uint8
+from ppfer_jax.nets import flatten_frames, pick_frames, to_float, to_uint8
 from ppfer_jax.parallel import global_batch
 from ppfer_jax.training import read_summary
 
@@ -261,10 +261,14 @@ def figure_rows(ctx, anonymiser_stages: dict, num_clips: int) -> tuple[list[np.n
     detail = sum(jnp.abs(b) for b in jnp.split(high, wavelets.num_high_bands(False), axis=-1))
     shown = [("original", frames), ("low band /2", full(low) / 2.0),
              ("|high band|", full(detail) / jnp.maximum(jnp.max(detail), 1e-6))]
+    @jax.jit
+    def g_and_c(variables, frames):
+        g = nets.privatize(variables, frames)
+        return g, nets.compensate(variables["f_fc"], g)
+
     for method, stages in anonymiser_stages.items():
-        variables = {n: ctx.network(n, stage) for n, stage in stages.items()}
-        shown += [(f"{method} G", nets.privatize(variables, frames)),
-                  (f"{method} C", compensated_clips(nets, variables, video))]
+        g, c = g_and_c({n: ctx.network(n, stage) for n, stage in stages.items()}, frames)
+        shown += [(f"{method} G", g), (f"{method} C", c)]
     rows, labels = [], []
     for k, index in enumerate(indices):
         for name, x in shown:

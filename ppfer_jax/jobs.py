@@ -1,34 +1,42 @@
-"""Several processes on one host sharing a workdir: ``ppfer-jax reproduce --jobs N`` scores its rows N at a time.
+"""Several processes on one host sharing a workdir: ``ppfer-jax run --jobs N`` trains independent stages N at a time,
+``ppfer-jax reproduce --jobs N`` also scores its rows N at a time.
 
 On a CPU, XLA runs this project's small networks on about one core: two processes on two cores train about 1.4x
 as many steps per second as one (benchmarks/RESULTS.md). The processes coordinate through the workdir alone:
 
 * a stage trains under an exclusive lock (``stage_lock``); whoever gets it second finds the stage finished and
-  loads it, so a stage that rows share (a pretraining, a blur sigma's F_u) is trained once;
+  loads it, so a stage that rows share (a pretraining, a blur sigma's F_u) is trained once; ``StageRunner.train_all``
+  takes only stages no one holds (``wait=False``);
 * a row is scored by the process that holds its lock (``row_lock``, never waited for: a busy row is skipped);
 * ``timings.json`` is merged under a lock, not overwritten (``pipeline.save_timings``).
 
 Locks are ``flock``s, released when their process ends, so a killed job leaves nothing to clean up. Helpers are
-``python -m <module> WORKDIR INDEX`` processes (``ppfer_jax.reproduce``'s) that read the config the parent wrote
-to ``jobs/config.json`` and log to ``jobs/helper<INDEX>.log``; the parent scores whatever a failed helper left.
-Only a single-process run uses locks: across hosts, every process takes part in every stage (collectives), so
-none may wait alone.
+``python -m <module> WORKDIR INDEX`` processes (``ppfer_jax.pipeline``'s, ``ppfer_jax.reproduce``'s) that read the
+config the parent wrote to ``jobs/config.json`` and log to ``jobs/helper<INDEX>.log``; the parent takes over
+whatever a failed helper left. Only a single-process run uses locks: across hosts, every process takes part in every
+stage (collectives), so none may wait alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import ml_collections
+from absl import flags
 
 from data_pipelines.files import write_json_atomically
+from ppfer_jax.bundle import with_tuples
+from ppfer_jax.parallel import use_compilation_cache
 
 JOBS_DIR = "jobs"
+_HELPER_ENV = "PPFER_JAX_HELPER"  # set in a helper process: its index
 
 
 def default_jobs() -> int:
@@ -63,9 +71,10 @@ def _flock(workdir: Path, name: str, *, wait: bool):
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-def stage_lock(workdir: Path, stage_name: str):
-    """Waits until no other process trains ``stage_name``; check whether it is finished after entering."""
-    return _flock(workdir, f"stage/{stage_name}", wait=True)
+def stage_lock(workdir: Path, stage_name: str, *, wait: bool = True):
+    """Waits until no other process trains ``stage_name``; check whether it is finished after entering. With
+    ``wait=False`` it yields at once whether this process got it."""
+    return _flock(workdir, f"stage/{stage_name}", wait=wait)
 
 
 def row_lock(workdir: Path, key: str):
@@ -83,9 +92,9 @@ def config_path(workdir: Path) -> Path:
     return Path(workdir) / JOBS_DIR / "config.json"
 
 
-def start_helpers(config, workdir: Path, count: int, module: str) -> list[tuple[subprocess.Popen, Path]]:
-    """``count`` helper processes ``python -m module WORKDIR INDEX`` working beside this one: (process, log)
-    pairs. They read ``config`` from ``config_path``."""
+def start_helpers(config, workdir: Path, count: int, module: str, work: str) -> list[tuple[subprocess.Popen, Path]]:
+    """``count`` helper processes ``python -m module WORKDIR INDEX`` doing ``work`` beside this one: (process, log)
+    pairs. They read ``config`` from ``config_path`` (``start_helper``)."""
     if count < 1:
         return []
     directory = Path(workdir) / JOBS_DIR
@@ -102,9 +111,24 @@ def start_helpers(config, workdir: Path, count: int, module: str) -> list[tuple[
             process = subprocess.Popen([sys.executable, "-m", module, str(workdir), str(index)],
                                        stdout=out, stderr=subprocess.STDOUT, env=env)
         helpers.append((process, log))
-    print(f"reproduce: {count} helper process{'es' if count > 1 else ''} scoring rows beside this one "
-          f"(logs: {directory}/helper*.log)")
+    print(f"{count} helper process{'es' if count > 1 else ''} {work} beside this one (logs: {directory}/helper*.log)")
     return helpers
+
+
+def start_helper(workdir: Path, index: str, command: str):
+    """A helper process's start: absl flags parsed (grain reads them), the compilation cache on, and the parent's
+    config (from ``config_path``)."""
+    flags.FLAGS.mark_as_parsed()
+    use_compilation_cache()
+    os.environ[_HELPER_ENV] = str(index)
+    print(f"helper {index} of {command} in {workdir}", flush=True)
+    return ml_collections.ConfigDict(with_tuples(json.loads(config_path(workdir).read_text())))
+
+
+def process_name() -> str:
+    """'main', or 'helper<INDEX>' in a helper process (what each stage's timing.json names)."""
+    index = os.environ.get(_HELPER_ENV)
+    return f"helper{index}" if index else "main"
 
 
 def wait(helpers: list[tuple[subprocess.Popen, Path]]) -> None:
@@ -112,7 +136,7 @@ def wait(helpers: list[tuple[subprocess.Popen, Path]]) -> None:
     for index, (process, log) in enumerate(helpers, start=1):
         code = process.wait()
         if code != 0:
-            print(f"reproduce: helper {index} exited with code {code} (see {log}); the rows it left run here")
+            print(f"helper {index} exited with code {code} (see {log}); what it left runs here")
 
 
 def stop(helpers: list[tuple[subprocess.Popen, Path]]) -> None:

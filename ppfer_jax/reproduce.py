@@ -31,19 +31,17 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
 from data_pipelines.files import write_json_atomically
 from data_pipelines.sources import OPEN_SET
-from ppfer_jax import evaluation, pipeline, reproduce_report, verification
+from ppfer_jax import config_checks, evaluation, pipeline, reproduce_report, verification
 from ppfer_jax import jobs as job_processes
 from ppfer_jax.attacks import adaptive_attack_stage, clip_attack_stage, recovery_stage
 from ppfer_jax.baselines import blur, narula, open_set, optical_flow, pprl_vgan, swap, tradeoff
-from ppfer_jax.bundle import with_tuples
 from ppfer_jax.context import Context
 from ppfer_jax.figures import frame_grid
-from ppfer_jax.parallel import mesh_from_config, use_compilation_cache
+from ppfer_jax.parallel import mesh_from_config
 from ppfer_jax.recipes import ablations, run
 from ppfer_jax.stage import Stage
 from ppfer_jax.stages.classifiers import clip_classifier_eval
@@ -249,19 +247,20 @@ def _checks(ctx) -> dict:
 def reproduce(config, workdir, *, mesh=None, make_figures: bool = True, jobs: int | None = None) -> dict:
     """Runs the PPFER pipeline and every row of ``config.suite.rows``; writes and returns the suite report.
 
-    With ``jobs`` > 1 (default ``jobs.default_jobs()``), helper processes score the rows that need no more of the
-    run than its pretraining while this one runs the pipeline, then all of them take the rows left
-    (``ppfer_jax/jobs.py``). Every stage's numbers are the same either way: they depend on the config and seed,
-    not on the process that trains them."""
+    With ``jobs`` > 1 (default ``jobs.default_jobs()``), helper processes train the run's stages beside this one,
+    as ``run --jobs`` does, then all of them take the rows (``ppfer_jax/jobs.py``). Every stage's numbers are the
+    same either way: they depend on the config and seed, not on the process that trains them."""
     workdir = Path(workdir)
     start = time.perf_counter()
+    config_checks.check(config)
     unknown = [key for key in config.suite.rows if key not in ROWS]
     if unknown:
         raise ValueError(f"config suite.rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
     pipeline.check_workdir_config(config, workdir)
-    helpers = job_processes.start_helpers(config, workdir, (jobs or job_processes.default_jobs()) - 1, __name__)
+    helpers = job_processes.start_helpers(config, workdir, (jobs or job_processes.default_jobs()) - 1, __name__,
+                                          "training stages and scoring rows")
     try:
-        main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures)
+        main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures, jobs=1)  # helpers: ours
         runner, checks = _row_runner(config, workdir, mesh)
         if helpers:
             for key in config.suite.rows:
@@ -283,29 +282,21 @@ def reproduce(config, workdir, *, mesh=None, make_figures: bool = True, jobs: in
     return suite
 
 
-# rows that read the run's stages past its pretraining (s1-s3 or their summaries, the run's attackers): a helper
-# leaves them to the process running the pipeline
-AFTER_THE_RUN = {"no_privacy", "ppfer", "ppfer_robust", "blur1", "blur2", "task4", "task5"}
-
-
 def help_score_rows(config, workdir: Path) -> None:
-    """A helper process of ``reproduce``: the pretraining stages (in reverse, so that it and the parent split
-    them), then the rows that need nothing more, the last first (the parent goes from the first)."""
-    runner, checks = _row_runner(config, workdir, None, pretraining=True)
+    """A helper process of ``reproduce``: the run's stages (``StageRunner.train_all``, as ``run --jobs`` trains
+    them), then the rows, the last first (the parent goes from the first)."""
+    runner, checks = _row_runner(config, workdir, None, run_stages=True)
     for key in reversed(config.suite.rows):
-        if key not in AFTER_THE_RUN:
-            _score_unless_taken(key, runner, checks)
+        _score_unless_taken(key, runner, checks)
 
 
-def _row_runner(config, workdir: Path, mesh, *, pretraining: bool = False):
+def _row_runner(config, workdir: Path, mesh, *, run_stages: bool = False):
     """The stage runner of the rows (their context has every row's anonymiser), and the checks of every row.
-    ``pretraining``: first train (or wait for) the run's pretraining stages, which the rows read."""
+    ``run_stages``: first train (or wait for) the run's stages, which the rows read."""
     ctx = run.context(config, workdir, mesh or mesh_from_config(config), keep_originals=True, more_makers=MAKERS)
     runner = pipeline.StageRunner(ctx)
-    if pretraining:
-        for stage in reversed(run.STAGES):
-            if stage.name.startswith("pretrain/"):
-                runner.run(stage)
+    if run_stages:
+        runner.train_all(run.STAGES, parallel=True)
     if _verifies(ctx):  # the verification check's recognition prior, shared by every row
         ctx.add_stages([verification.RECOGNITION_STAGE])
         runner.run(verification.RECOGNITION_STAGE)
@@ -372,14 +363,8 @@ def _methods_grid(ctx: Context, rows: dict) -> np.ndarray:
 def main(argv: list[str]) -> int:
     """A helper process of ``reproduce`` (``python -m ppfer_jax.reproduce WORKDIR INDEX``, started by
     ``jobs.start_helpers``): scores the rows of the parent's config that no other process holds."""
-    from absl import flags
-
-    flags.FLAGS.mark_as_parsed()  # grain reads absl flags
-    use_compilation_cache()
     workdir = Path(argv[0])
-    config = ml_collections.ConfigDict(with_tuples(json.loads(job_processes.config_path(workdir).read_text())))
-    print(f"helper {argv[1]} of reproduce in {workdir}", flush=True)
-    help_score_rows(config, workdir)
+    help_score_rows(job_processes.start_helper(workdir, argv[1], "reproduce"), workdir)
     return 0
 
 

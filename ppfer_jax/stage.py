@@ -209,6 +209,6 @@ def train_stage(ctx, stage: Stage, *, stop_after: int | None = None) -> dict:
                      state_sharding=state_sharding(ctx.nets, ctx.mesh, stage),
                      eval_fn=stage.evaluate(ctx), eval_every=eval_every if stage.select else None,
                      checkpoint_every=checkpoint_every, log_every=log_every, select=stage.select,
-                     stop_after=stop_after)
+                     patience=section.get("patience") if stage.select else None, stop_after=stop_after)
     ctx.forget(stage.name)
     return summary

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from data_pipelines.files import write_json_atomically, write_text_atomically
 from ppfer_jax.parallel import batch_sharding, global_batch, replicated, step_rng
+from ppfer_jax.timing import charged
 
 METRICS_FILE = "metrics.jsonl"
 DONE_FILE = "DONE.json"
@@ -163,6 +164,7 @@ def fit(
     checkpoint_every: int = 1000,
     log_every: int = 50,
     select: tuple[str, Literal["min", "max"]] | None = None,
+    patience: int | None = None,
     stop_after: int | None = None,
 ) -> tuple[TrainState, dict]:
     """Trains one stage to ``num_steps``, resuming from its latest checkpoint; returns (state, summary).
@@ -172,13 +174,15 @@ def fit(
     (``jax.eval_shape`` builds the restore target); it runs only when no
     checkpoint exists. ``eval_fn`` runs every ``eval_every`` steps and at the
     end and must return the same numbers on every process; ``select`` =
-    (metric, 'min' | 'max') keeps the best such state. Train metrics are
+    (metric, 'min' | 'max') keeps the best such state; with ``patience``, the stage stops (finished) once that many
+    evaluations in a row have not improved on the best: steps past a plateau change nothing downstream, which
+    loads the best state. Train metrics are
     averaged over ``log_every`` steps; every metric must stay finite.
     A complete stage is not retrained: its final state and stored summary
     are returned. ``stop_after`` stops this call after that many steps as if
     killed (no checkpoint, no DONE.json): the next call resumes.
     """
-    _check_schedule(num_steps, log_every, checkpoint_every, eval_fn, eval_every, select, stop_after)
+    _check_schedule(num_steps, log_every, checkpoint_every, eval_fn, eval_every, select, stop_after, patience)
     stage_dir = Path(workdir) / stage
     sharding = replicated(mesh) if state_sharding is None else state_sharding
     target = abstract_state(init_state, sharding)
@@ -197,14 +201,14 @@ def fit(
             state, record = resumed
         if record.step > num_steps:
             raise ValueError(f"stage {stage!r} has a checkpoint at step {record.step}, past num_steps={num_steps}")
-        loop = _Loop(stage, stage_dir, checkpoints, eval_fn, select)
+        loop = _Loop(stage, stage_dir, checkpoints, eval_fn, select, patience)
         phased = step_fn if isinstance(step_fn, PhasedStep) else PhasedStep((step_fn,), lambda step: 0)
         compiled = [compile_step(fn, mesh, sharding) for fn in phased.steps]
         state = loop.run(state, record, lambda step: compiled[phased.phase(step)], train_data, mesh, rng,
                          num_steps=num_steps, log_every=log_every, eval_every=eval_every,
                          checkpoint_every=checkpoint_every, stop_after=stop_after)
         summary = _summary(stage, num_steps, record, select)
-        if record.step == num_steps:
+        if record.step == num_steps or record.stopped:
             checkpoints.wait()
             if _is_main_process():
                 write_json_atomically(stage_dir / DONE_FILE, summary)
@@ -222,16 +226,19 @@ class _Record:
     best: dict | None = None        # {'step', 'value', 'metrics'} of the best evaluation so far
     last_train: Metrics | None = None
     last_eval: Metrics | None = None
+    stopped: bool = False           # stopped past a plateau of the selected metric (``patience``): finished
 
 
 class _Loop:
     """The step loop of one ``fit`` call: logging, evaluation, best selection, checkpoints."""
 
-    def __init__(self, stage, stage_dir, checkpoints, eval_fn, select):
+    def __init__(self, stage, stage_dir, checkpoints, eval_fn, select, patience):
         self.stage = stage
         self.checkpoints = checkpoints
         self.eval_fn = eval_fn
         self.select = select
+        self.patience = patience
+        self.pending_best = None  # (step, state, record) of a best evaluation not yet written
         self.log = _MetricsLog(stage_dir / METRICS_FILE, enabled=_is_main_process())
         self.window = _TrainWindow(stage)
 
@@ -247,31 +254,40 @@ class _Loop:
         bar = tqdm(total=num_steps, initial=record.step, desc=self.stage, unit="step", dynamic_ncols=True,
                    disable=None if _is_main_process() else True)
         with self.log.resume_at(record.step), bar:
-            while record.step < stop_at:
+            while record.step < stop_at and not record.stopped:
                 batch = global_batch(next(train_data), mesh)
                 state, metrics = step_for(record.step)(state, batch, key_for_step(record.step))
                 record.step += 1
                 self.window.add(record.step, metrics)
                 bar.update()
                 if record.step % log_every == 0 or record.step == num_steps:
-                    record.last_train, steps_per_sec = self.window.flush()
-                    self.log.write(record.step, "train", record.last_train, steps_per_sec=steps_per_sec)
-                    bar.set_postfix({name: f"{value:.4g}" for name, value in record.last_train.items()}, refresh=False)
+                    self._log_train(record, bar)
                 if self.eval_fn is not None and (record.step == num_steps or
                                                  (eval_every is not None and record.step % eval_every == 0)):
                     self._evaluate(state, record, train_data)
-                if record.step % checkpoint_every == 0 or record.step == num_steps:
+                    if self.patience is not None and record.best is not None:
+                        # evaluations since the best one (they come every eval_every steps): the same on a resume
+                        record.stopped = (record.step - record.best["step"]) // eval_every >= self.patience
+                        if record.stopped and record.step % log_every:
+                            self._log_train(record, bar)  # the steps since the last log
+                if record.step % checkpoint_every == 0 or record.step == num_steps or record.stopped:
                     self.window.drain()
                     _check_step_counter(self.stage, state, record.step)
-                    self.checkpoints.save("latest", record.step, state, train_data, record)
-                    self.committed_best = _best_step(record)
-                    self.checkpoints.keep_best({self.committed_best})
+                    self._save(state, record, train_data)
+        with charged("checkpoint"):
+            self.checkpoints.keep_best({self.committed_best})  # waits for the last writes
         return state
 
+    def _log_train(self, record, bar):
+        record.last_train, steps_per_sec = self.window.flush()
+        self.log.write(record.step, "train", record.last_train, steps_per_sec=steps_per_sec)
+        bar.set_postfix({name: f"{value:.4g}" for name, value in record.last_train.items()}, refresh=False)
+
     def _evaluate(self, state, record, train_data):
-        """Runs eval_fn, logs it, and saves a best checkpoint when the selected metric improves."""
+        """Runs eval_fn, logs it, and keeps the state as the best when the selected metric improves."""
         self.window.drain()
-        metrics = {name: float(value) for name, value in self.eval_fn(state).items()}
+        with charged("evaluate"):
+            metrics = {name: float(value) for name, value in self.eval_fn(state).items()}
         record.last_eval = metrics
         self.log.write(record.step, "eval", metrics)
         if self.select is None:
@@ -285,8 +301,21 @@ class _Loop:
             raise FloatingPointError(f"stage {self.stage!r}, step {record.step}: eval metric {name!r} is {value}")
         if record.best is None or (value > record.best["value"] if mode == "max" else value < record.best["value"]):
             record.best = {"step": record.step, "value": value, "metrics": metrics}
-            self.checkpoints.save("best", record.step, state, train_data, record)
-            self.checkpoints.keep_best({record.step, self.committed_best})
+            # kept in memory (the state is donated to the next step) and written with the next 'latest': one
+            # write per checkpoint interval however often the metric improves
+            self.pending_best = (record.step, _copy(state), dataclasses.replace(record))
+
+    def _save(self, state, record, train_data):
+        """The pending best, then 'latest' (written in the background while training goes on). Best checkpoints
+        other than the one the previous 'latest' names go first: that 'latest' is on disk by then."""
+        with charged("checkpoint"):
+            self.checkpoints.keep_best({self.committed_best})
+            if self.pending_best is not None:
+                step, best_state, best_record = self.pending_best
+                self.checkpoints.save("best", step, best_state, None, best_record)
+                self.pending_best = None
+            self.checkpoints.save("latest", record.step, state, train_data, record)
+            self.committed_best = _best_step(record)
 
 
 class _TrainWindow:
@@ -381,7 +410,8 @@ class _MetricsLog:
 
 
 class _Checkpoints:
-    """Orbax managers for 'latest' (to resume) and 'best' (to use); each item is state + data + meta.
+    """Orbax managers for 'latest' (to resume) and 'best' (to use); each item is state + data + meta (a best one:
+    state + meta).
 
     'latest' keeps one step. 'best' keeps the best step named in the latest
     checkpoint's meta plus the newest best, so a resumed run always finds the
@@ -398,10 +428,11 @@ class _Checkpoints:
         self.best = self.managers["best"]
 
     def save(self, kind: str, step: int, state: TrainState, train_data, record: _Record) -> None:
-        self.managers[kind].save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(train_data),
-            meta=ocp.args.JsonSave(dataclasses.asdict(record))))
+        """``train_data`` None: no iterator position (a best checkpoint, which nothing resumes from)."""
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dataclasses.asdict(record)))
+        if train_data is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(train_data)
+        self.managers[kind].save(step, args=ocp.args.Composite(**items))
 
     def resume(self, target: TrainState, train_data) -> tuple[TrainState, _Record] | None:
         """The latest state and record, with ``train_data`` moved to its saved position; None if none saved."""
@@ -439,10 +470,11 @@ class _Checkpoints:
             manager.close()
 
 
-def _check_schedule(num_steps, log_every, checkpoint_every, eval_fn, eval_every, select, stop_after) -> None:
+def _check_schedule(num_steps, log_every, checkpoint_every, eval_fn, eval_every, select, stop_after,
+                    patience=None) -> None:
     """Rejects a schedule that cannot run, or that would make a resumed run differ from an uninterrupted one."""
     for name, value in (("num_steps", num_steps), ("log_every", log_every), ("checkpoint_every", checkpoint_every),
-                        ("eval_every", eval_every), ("stop_after", stop_after)):
+                        ("eval_every", eval_every), ("stop_after", stop_after), ("patience", patience)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive number of steps, got {value}")
     if checkpoint_every % log_every:
@@ -450,6 +482,8 @@ def _check_schedule(num_steps, log_every, checkpoint_every, eval_fn, eval_every,
                          f"so that no averaged train log spans a checkpoint a run may resume from")
     if eval_fn is None and (eval_every is not None or select is not None):
         raise ValueError("eval_every and select need an eval_fn")
+    if patience is not None and (select is None or eval_every is None):
+        raise ValueError("patience (evaluations without improvement before stopping) needs select and eval_every")
     if select is not None and select[1] not in ("min", "max"):
         raise ValueError(f"select must be (metric, 'min' | 'max'), got {select!r}")
 
@@ -461,18 +495,27 @@ def _check_step_counter(stage: str, state: TrainState, step: int) -> None:
                          f"step_fn must advance it by one (TrainState.apply_gradients does)")
 
 
+@jax.jit
+def _copy(state: TrainState) -> TrainState:
+    """A copy of the state in new buffers (one dispatch)."""
+    return jax.tree.map(jnp.copy, state)
+
+
 def _best_step(record: _Record) -> int | None:
     return record.best["step"] if record.best else None
 
 
 def _summary(stage: str, num_steps: int, record: _Record, select) -> dict:
     return {"stage": stage, "step": record.step, "num_steps": num_steps, "train": record.last_train,
-            "eval": record.last_eval, "select": list(select) if select else None, "best": record.best}
+            "eval": record.last_eval, "select": list(select) if select else None, "best": record.best,
+            "stopped_at_plateau": record.stopped}
 
 
 def _describe(summary: dict) -> str:
     """One human-readable line for the end of a stage."""
-    parts = [f"{summary['stage']}: done at step {summary['step']}"]
+    parts = [f"{summary['stage']}: done at step {summary['step']}"
+             + (f" of {summary['num_steps']} (its selected metric had stopped improving)"
+                if summary.get("stopped_at_plateau") else "")]
     for split in ("train", "eval"):
         if summary[split]:
             parts.append(split + " " + " ".join(f"{k}={v:.4g}" for k, v in summary[split].items()))

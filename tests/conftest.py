@@ -71,7 +71,7 @@ def tiny_run_and_reads(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(context, "load_split", recording_load_split)
         patch.setattr(pipeline, "train_stage", recording_train_stage)
-        report = pipeline.run(load_config(TINY), workdir)
+        report = pipeline.run(load_config(TINY), workdir, jobs=1)  # one process: the recording sees every read
     return workdir, report, reads
 
 

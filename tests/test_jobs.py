@@ -1,14 +1,9 @@
-"""Processes sharing a workdir (``reproduce --jobs``): locks across processes, merged timings, and which rows a
-helper may take before the run is finished."""
+"""Processes sharing a workdir (``run --jobs``, ``reproduce --jobs``): locks across processes and merged timings."""
 
 import multiprocessing
 import time
 
-from ppfer_jax import jobs, pipeline, reproduce
-from ppfer_jax.config import load_config
-from ppfer_jax.recipes import run
-
-from conftest import TINY
+from ppfer_jax import jobs, pipeline
 
 
 def _hold(workdir, kind, name, held, release):
@@ -58,27 +53,14 @@ def test_timings_of_two_processes_are_merged(tmp_path):
     assert pipeline.load_timings(tmp_path) == merged
 
 
-class _Runner:
-    """What ``build_row`` asks of a runner, without training anything."""
+def test_the_longest_chain_of_work_starts_first_and_every_stage_after_what_it_reads():
+    """``run --jobs``' order: pretrain/expression heads the PPFER-robust chain (the longest: its privacy stage has
+    the most steps), and no stage comes before a stage it reads."""
+    from ppfer_jax.config import load_config
+    from ppfer_jax.recipes import run
 
-    def __init__(self, ctx):
-        self.ctx = ctx
-
-    def run(self, stage):
-        return {"eval": {"acc": 0.0}}
-
-
-def test_a_helper_takes_only_rows_that_read_no_more_of_the_run_than_its_pretraining(tmp_path):
-    config = load_config(TINY)
-    ctx = run.context(config, tmp_path, None, keep_originals=True, more_makers=reproduce.MAKERS)
-    pretraining = {stage.name for stage in run.STAGES if stage.name.startswith("pretrain/")}
-    produced = {stage.name for stage in run.STAGES}
-    for key in reproduce.ROWS:
-        if key in reproduce.AFTER_THE_RUN:
-            continue
-        row = reproduce.build_row(key, _Runner(ctx))
-        own = {stage.name for stage in row.all_stages()}
-        for stage in row.all_stages():
-            read = {stage.source_of(n) for n in stage.frozen} | set(stage.init_from.values())
-            assert read <= own | pretraining, (key, stage.name, read - own - pretraining)
-            assert stage.name not in produced, (key, stage.name)  # trains nothing the run trains
+    order = [stage.name for stage in pipeline.critical_path_first(load_config("configs/synthetic.py"), run.STAGES)]
+    assert order[:2] == ["pretrain/expression", "robust/privacy"]
+    assert sorted(order) == sorted(stage.name for stage in run.STAGES)
+    for position, name in enumerate(order):
+        assert pipeline.dependencies(name) <= set(order[:position]), name

@@ -35,13 +35,14 @@ def uninterrupted(tiny_run_and_reads):
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """Stopped inside s1/privacy (after step 7, last checkpoint at 5), then run again to the end."""
+    """Stopped inside s1/privacy (after step 7, last checkpoint at 5), then run again to the end by two processes
+    (``--jobs 2``: this one and a helper); the uninterrupted run is one process."""
     workdir = tmp_path_factory.mktemp("interrupted")
     assert pipeline.run(tiny_config(), workdir, stop_after=INTERRUPT) is None
     assert not (workdir / "s1/privacy/DONE.json").exists()
     done_before = {name: (workdir / name / "DONE.json").stat().st_mtime_ns
                    for name in ("pretrain/identity", "pretrain/enhancer", "pretrain/expression")}
-    report = pipeline.run(tiny_config(), workdir)
+    report = pipeline.run(tiny_config(), workdir, jobs=2)
     return workdir, report, done_before
 
 
@@ -93,11 +94,30 @@ def test_only_the_final_evaluation_reads_the_test_split(uninterrupted):
 
 
 def test_interrupted_run_resumes_to_the_same_numbers_without_redoing_finished_stages(uninterrupted, interrupted):
-    """Also the determinism check: two runs of the same config and seed give the same report numbers."""
-    (_, report, _), (workdir, resumed, done_before) = uninterrupted, interrupted
+    """Also the determinism check: two runs of the same config and seed give the same report numbers, one of them
+    trained by two processes at once."""
+    (first, report, _), (workdir, resumed, done_before) = uninterrupted, interrupted
     assert resumed["results"] == report["results"]
     for name, mtime in done_before.items():
         assert (workdir / name / "DONE.json").stat().st_mtime_ns == mtime, f"{name} was re-run"
+    by_process = {}
+    for name in pipeline.STAGE_NAMES[:-1]:
+        if name not in done_before:
+            by_process.setdefault(json.loads((workdir / name / "timing.json").read_text())["process"], []).append(name)
+        summary, alone = (json.loads((w / name / "DONE.json").read_text()) for w in (workdir, first))
+        assert summary["eval"] == alone["eval"] and summary["best"] == alone["best"], name
+    assert set(by_process) == {"main", "helper1"}, by_process  # both processes trained stages
+
+
+def test_each_stage_times_its_compiles_steps_evaluations_and_data(uninterrupted):
+    workdir, *_ = uninterrupted
+    for name in pipeline.STAGE_NAMES[:-1]:
+        timing = json.loads((workdir / name / "timing.json").read_text())
+        seconds = timing["seconds"]
+        assert seconds["steps"] > 0 and seconds["compile"] > 0, (name, seconds)
+        assert sum(seconds.values()) == pytest.approx(timing["wall_s"], rel=0.02, abs=0.05), (name, seconds)
+        assert all(c["seconds"] >= 0 and isinstance(c["cached"], bool) for c in timing["compiles"])
+    assert "evaluate" in json.loads((workdir / "s1/privacy/timing.json").read_text())["seconds"]
 
 
 def test_a_finished_workdir_is_not_retrained(uninterrupted, monkeypatch):

@@ -176,6 +176,31 @@ def test_resume_after_an_interrupt_is_bit_identical_to_an_uninterrupted_run(tmp_
     assert int(load_best(interrupted, STAGE, abstract_state(init_state, resumed_state.step.sharding)).step) == 6
 
 
+def test_patience_stops_past_a_plateau_and_the_best_state_is_that_of_a_full_run(tmp_path):
+    """peaking_eval is best at step 6; with patience 2 and an evaluation every 2 steps the stage stops at step 10
+    of 20, finished, with the best checkpoint (what downstream stages load) equal to the full run's."""
+    options = dict(num_steps=20, eval_every=2, eval_fn=peaking_eval, select=("score", "max"))
+    _, full = run(tmp_path / "full", **options)
+    state, summary = run(tmp_path / "stopped", patience=2, **options)
+    assert int(state.step) == 10 and summary["step"] == 10 and summary["stopped_at_plateau"]
+    assert is_complete(tmp_path / "stopped", STAGE) and not full["stopped_at_plateau"]
+    assert summary["best"] == full["best"] and summary["best"]["step"] == 6
+    assert [r["step"] for r in records(tmp_path / "stopped", "eval")] == [2, 4, 6, 8, 10]
+    target = abstract_state(init_state, state.step.sharding)
+    assert_trees_equal(load_best(tmp_path / "stopped", STAGE, target), load_best(tmp_path / "full", STAGE, target))
+    again, summary_again = run(tmp_path / "stopped", patience=2, **options)  # finished: not trained further
+    assert int(again.step) == 10 and summary_again == summary
+
+
+def test_patience_resumed_after_an_interrupt_stops_where_an_uninterrupted_run_does(tmp_path):
+    options = dict(num_steps=20, eval_every=2, eval_fn=peaking_eval, select=("score", "max"), patience=2)
+    _, whole = run(tmp_path / "whole", **options)
+    run(tmp_path / "interrupted", stop_after=9, **options)  # last checkpoint at 8: after the best (6)
+    assert not is_complete(tmp_path / "interrupted", STAGE)
+    _, resumed = run(tmp_path / "interrupted", **options)
+    assert resumed == whole and whole["step"] == 10
+
+
 def test_best_checkpoint_is_the_state_at_the_best_evaluation(tmp_path):
     params_by_step = {}
 
@@ -258,6 +283,7 @@ def test_a_step_that_does_not_advance_the_step_counter_is_rejected(tmp_path):
     (dict(eval_fn=peaking_eval, select=("score", "best")), "'min' | 'max'"),
     (dict(num_steps=0), "num_steps must be a positive"),
     (dict(eval_fn=peaking_eval, eval_every=0), "eval_every must be a positive"),
+    (dict(eval_fn=peaking_eval, eval_every=2, patience=2), "patience .* needs select and eval_every"),
 ])
 def test_schedules_that_cannot_run_or_resume_exactly_are_rejected(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
