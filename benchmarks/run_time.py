@@ -100,7 +100,7 @@ def main() -> int:
         wall = run(args.workdir, args.jobs, args.checkout, args.overrides)
         print(f"\nppfer-jax run{'' if args.jobs is None else f' --jobs {args.jobs}'}"
               f"{f' ({args.checkout})' if args.checkout else ''}: {wall:.0f} s wall "
-              f"({wall // 60:.0f} min {wall % 60:.0f} s) on {processor()}, {os.cpu_count()} CPUs")
+              f"({round(wall) // 60} min {round(wall) % 60} s) on {processor()}, {os.cpu_count()} CPUs")
     print(table(args.workdir))
     return 0
 

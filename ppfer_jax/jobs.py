@@ -1,8 +1,9 @@
 """Several processes on one host sharing a workdir: ``ppfer-jax run --jobs N`` trains independent stages N at a time,
 ``ppfer-jax reproduce --jobs N`` also scores its rows N at a time.
 
-On a CPU, XLA runs this project's small networks on about one core: two processes on two cores train about 1.4x
-as many steps per second as one (benchmarks/RESULTS.md). The processes coordinate through the workdir alone:
+On a CPU, XLA already spreads one process's larger steps over the cores; a second process adds throughput on the
+small steps and runs while the first compiles, checkpoints or prepares data (benchmarks/RESULTS.md measures how
+much). The processes coordinate through the workdir alone:
 
 * a stage trains under an exclusive lock (``stage_lock``); whoever gets it second finds the stage finished and
   loads it, so a stage that rows share (a pretraining, a blur sigma's F_u) is trained once; ``StageRunner.train_all``
@@ -37,11 +38,15 @@ from ppfer_jax.parallel import use_compilation_cache
 
 JOBS_DIR = "jobs"
 _HELPER_ENV = "PPFER_JAX_HELPER"  # set in a helper process: its index
+JOBS_ENV = "PPFER_JAX_JOBS"  # the default --jobs
 
 
 def default_jobs() -> int:
-    """Two processes on a CPU host with two or more cores (one process there uses about one core); one elsewhere:
-    an accelerator is shared badly by two processes, and a multi-host run is one job already."""
+    """``$PPFER_JAX_JOBS`` if set (the test suite sets 1: its workers use the cores already); else two processes on a
+    CPU host with two or more cores, one elsewhere: an accelerator is shared badly by two processes, and a
+    multi-host run is one job already."""
+    if os.environ.get(JOBS_ENV):
+        return int(os.environ[JOBS_ENV])
     if jax.default_backend() == "cpu" and jax.process_count() == 1 and (os.cpu_count() or 1) >= 2:
         return 2
     return 1

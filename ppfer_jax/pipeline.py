@@ -145,10 +145,8 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         with timing.charged("evaluate"):
             results = evaluation.evaluate(ctx, recipe.ANONYMISER_STAGES, recipe.METHOD_ROWS)
         runner.record(EVALUATE, time.perf_counter() - start)
+        write_timing(workdir, EVALUATE, start, mark)
         if jax.process_index() == 0:
-            write_json_atomically(workdir / EVALUATE / TIMING_FILE, {
-                "stage": EVALUATE, "wall_s": round(time.perf_counter() - start, 3),
-                "process": job_processes.process_name(), **timing.since(mark)})
             write_json_atomically(results_path, results)
     own = {name: seconds for name, seconds in runner.timings.items() if name in STAGE_NAMES}  # not reproduce's rows
     full = report.build(results, json.loads((workdir / CONFIG_FILE).read_text()), own)
@@ -175,12 +173,16 @@ class StageRunner:
             return self._train_held(stage, stop_after)
 
     def train_all(self, stages, *, stop_after: dict | None = None, parallel: bool = False) -> bool:
-        """Trains every stage of ``stages`` (in run order) that is not finished: takes the first, in run order
-        (``parallel``: ``critical_path_first``), whose inputs are finished and which no other process holds, until
-        all are finished. False if ``stop_after`` ({stage: steps}) stopped one."""
+        """Trains every stage of ``stages`` (in run order) that is not finished, one after another; ``parallel``
+        (other processes of this host share the workdir): takes, in ``critical_path_first`` order, the first stage
+        whose inputs are finished and which no other process holds, until all are finished. False if ``stop_after``
+        ({stage: steps}) stopped one."""
+        if not parallel:  # (also every process of a multi-host run, in the same order)
+            return all(self.run(stage, stop_after=(stop_after or {}).get(stage.name)) is not None
+                       for stage in stages)
         workdir = self.ctx.workdir
-        order = critical_path_first(self.ctx.config, stages) if parallel else list(stages)
-        pending = [stage for stage in order if not is_complete(workdir, stage.name)]
+        pending = [stage for stage in critical_path_first(self.ctx.config, stages)
+                   if not is_complete(workdir, stage.name)]
         while pending:
             for stage in pending:
                 if not all(is_complete(workdir, name) for name in dependencies(stage.name)):
@@ -201,19 +203,24 @@ class StageRunner:
         if not is_complete(workdir, stage.name):
             start, mark = time.perf_counter(), timing.snapshot()
             with timing.charged("steps"):
-                summary = train_stage(self.ctx, stage, stop_after=stop_after)
+                train_stage(self.ctx, stage, stop_after=stop_after)
             if not is_complete(workdir, stage.name):
                 return None
-            seconds = time.perf_counter() - start
-            self.record(stage.name, seconds + self.timings.get(stage.name, 0.0))
-            if jax.process_index() == 0:
-                write_json_atomically(workdir / stage.name / TIMING_FILE, {
-                    "stage": stage.name, "wall_s": round(seconds, 3),
-                    "process": job_processes.process_name(), **timing.since(mark)})
+            self.record(stage.name, time.perf_counter() - start + self.timings.get(stage.name, 0.0))
+            write_timing(workdir, stage.name, start, mark)
         return read_summary(workdir, stage.name)
 
     def record(self, name: str, seconds: float) -> None:
         self.timings = save_timings(self.ctx.workdir, {name: seconds})
+
+
+def write_timing(workdir: Path, name: str, start: float, mark) -> None:
+    """``<name>/timing.json``: the wall time since ``start``, the time by kind since ``mark`` (``timing.snapshot()``)
+    and which process it was."""
+    if jax.process_index() == 0:
+        write_json_atomically(workdir / name / TIMING_FILE, {
+            "stage": name, "wall_s": round(time.perf_counter() - start, 3),
+            "process": job_processes.process_name(), **timing.since(mark)})
 
 
 def load_timings(workdir: Path) -> dict:

@@ -247,9 +247,10 @@ def _checks(ctx) -> dict:
 def reproduce(config, workdir, *, mesh=None, make_figures: bool = True, jobs: int | None = None) -> dict:
     """Runs the PPFER pipeline and every row of ``config.suite.rows``; writes and returns the suite report.
 
-    With ``jobs`` > 1 (default ``jobs.default_jobs()``), helper processes train the run's stages beside this one,
-    as ``run --jobs`` does, then all of them take the rows (``ppfer_jax/jobs.py``). Every stage's numbers are the
-    same either way: they depend on the config and seed, not on the process that trains them."""
+    With ``jobs`` > 1 (default ``jobs.default_jobs()``), the run's stages train in that many processes as
+    ``run --jobs`` trains them, then helper processes score rows beside this one (``ppfer_jax/jobs.py``). Every
+    stage's numbers are the same either way: they depend on the config and seed, not on the process that trains
+    them."""
     workdir = Path(workdir)
     start = time.perf_counter()
     config_checks.check(config)
@@ -257,10 +258,10 @@ def reproduce(config, workdir, *, mesh=None, make_figures: bool = True, jobs: in
     if unknown:
         raise ValueError(f"config suite.rows: unknown rows {unknown}; rows: {', '.join(ROWS)}")
     pipeline.check_workdir_config(config, workdir)
-    helpers = job_processes.start_helpers(config, workdir, (jobs or job_processes.default_jobs()) - 1, __name__,
-                                          "training stages and scoring rows")
+    count = jobs or job_processes.default_jobs()
+    main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures, jobs=count)
+    helpers = job_processes.start_helpers(config, workdir, count - 1, __name__, "scoring rows")
     try:
-        main = pipeline.run(config, workdir, mesh=mesh, make_figure=make_figures, jobs=1)  # helpers: ours
         runner, checks = _row_runner(config, workdir, mesh)
         if helpers:
             for key in config.suite.rows:
@@ -283,20 +284,16 @@ def reproduce(config, workdir, *, mesh=None, make_figures: bool = True, jobs: in
 
 
 def help_score_rows(config, workdir: Path) -> None:
-    """A helper process of ``reproduce``: the run's stages (``StageRunner.train_all``, as ``run --jobs`` trains
-    them), then the rows, the last first (the parent goes from the first)."""
-    runner, checks = _row_runner(config, workdir, None, run_stages=True)
+    """A helper process of ``reproduce``: the rows, the last first (the parent goes from the first)."""
+    runner, checks = _row_runner(config, workdir, None)
     for key in reversed(config.suite.rows):
         _score_unless_taken(key, runner, checks)
 
 
-def _row_runner(config, workdir: Path, mesh, *, run_stages: bool = False):
-    """The stage runner of the rows (their context has every row's anonymiser), and the checks of every row.
-    ``run_stages``: first train (or wait for) the run's stages, which the rows read."""
+def _row_runner(config, workdir: Path, mesh):
+    """The stage runner of the rows (their context has every row's anonymiser), and the checks of every row."""
     ctx = run.context(config, workdir, mesh or mesh_from_config(config), keep_originals=True, more_makers=MAKERS)
     runner = pipeline.StageRunner(ctx)
-    if run_stages:
-        runner.train_all(run.STAGES, parallel=True)
     if _verifies(ctx):  # the verification check's recognition prior, shared by every row
         ctx.add_stages([verification.RECOGNITION_STAGE])
         runner.run(verification.RECOGNITION_STAGE)

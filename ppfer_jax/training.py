@@ -10,7 +10,7 @@ Layout under ``workdir/<stage>/``::
     metrics.jsonl                   one JSON record per train log / evaluation
     events.out.tfevents.*           the same numbers as TensorBoard scalars (train/<name>, eval/<name>)
     checkpoints/latest/<step>/      state, data (grain iterator position), meta
-    checkpoints/best/<step>/        the same, at the best evaluation so far
+    checkpoints/best/<step>/        state and meta at the best evaluation so far (written with the next latest)
     DONE.json                       the summary, written last and atomically
 
 Resume semantics: a run killed at any step (``stop_after`` simulates it)

@@ -6,6 +6,7 @@ import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("PPFER_JAX_JOBS", "1")  # the test workers use the cores; a test that wants helpers says so
 
 import jax  # noqa: E402  (after the platform is pinned)
 import pytest  # noqa: E402

@@ -549,7 +549,7 @@ def test_readme_run_reads_every_split_of_the_prepared_sets_at_their_default_name
     monkeypatch.chdir(home)
     read = {}
 
-    def read_every_split(config, workdir, rerun=None):
+    def read_every_split(config, workdir, rerun=None, jobs=None):
         read.update({split: sources.load_split(config, split) for split in sources.SPLITS})
         read["workdir"] = workdir
         return {}
