@@ -31,22 +31,25 @@ class _Problems(list):
         return any(line.startswith(f"{key}=") for line in self)
 
 
-def check(config, *, device_count: int | None = None, process_count: int | None = None) -> None:
-    """Raises one ValueError naming every bad value of ``config`` (``device_count`` / ``process_count``: those
-    the run will have, by default this process's)."""
-    problems = problems_of(config, device_count=device_count, process_count=process_count)
+def check(config, *, stages: tuple[str, ...] | None = None, device_count: int | None = None,
+          process_count: int | None = None) -> None:
+    """Raises one ValueError naming every bad value of ``config`` (``stages``: the ``config.train`` sections the
+    command trains, None: all; ``device_count`` / ``process_count``: those the run will have, by default this
+    process's)."""
+    problems = problems_of(config, stages=stages, device_count=device_count, process_count=process_count)
     if problems:
         raise ValueError(f"config: {len(problems)} value{'s' if len(problems) > 1 else ''} cannot run:\n  "
                          + "\n  ".join(problems))
 
 
-def problems_of(config, *, device_count: int | None = None, process_count: int | None = None) -> list[str]:
+def problems_of(config, *, stages: tuple[str, ...] | None = None, device_count: int | None = None,
+                process_count: int | None = None) -> list[str]:
     """One line per bad value: 'key=value: expected ...'."""
     devices = jax.device_count() if device_count is None else device_count
     processes = jax.process_count() if process_count is None else process_count
     found = _Problems()
     _data(config, found)
-    _training(config, _mesh(config, devices, found), processes, found)
+    _training(config, stages, _mesh(config, devices, found), processes, found)
     _image_size(config, found)
     _fractions(config, found)
     return list(found)
@@ -99,7 +102,7 @@ def _mesh(config, devices: int, found: _Problems) -> int:
     return data * fsdp
 
 
-def _training(config, batch_devices: int, processes: int, found: _Problems) -> None:
+def _training(config, stages, batch_devices: int, processes: int, found: _Problems) -> None:
     train = config.train
     if train.get("optimizer") not in OPTIMIZERS:
         found.bad("train.optimizer", train.get("optimizer"), f"one of {', '.join(OPTIMIZERS)}")
@@ -110,13 +113,13 @@ def _training(config, batch_devices: int, processes: int, found: _Problems) -> N
         found.bad("train.loader_workers", train.get("loader_workers"), "0 or more worker processes")
     split = batch_devices * processes // math.gcd(batch_devices, processes)
     for key, size in [("train.eval_batch_size", train.get("eval_batch_size"))] + [
-            (f"train.{name}.batch_size", section.batch_size) for name, section in _stage_sections(train)]:
+            (f"train.{name}.batch_size", section.batch_size) for name, section in _stage_sections(train, stages)]:
         if not _whole(size, 1):
             found.bad(key, size, "a positive whole number of clips")
         elif size % split:
             found.bad(key, size, f"a multiple of {split}: the global batch is split over {batch_devices} batch device(s) "
                 f"and {processes} process(es)")
-    for name, section in _stage_sections(train):
+    for name, section in _stage_sections(train, stages):
         key = f"train.{name}"
         if not _whole(section.steps, 1):
             found.bad(f"{key}.steps", section.steps, "a positive whole number of steps")
@@ -133,8 +136,9 @@ def _training(config, batch_devices: int, processes: int, found: _Problems) -> N
             found.bad(f"{key}.schedule", section.schedule, f"one of {', '.join(SCHEDULES)}")
 
 
-def _stage_sections(train):
-    return [(name, section) for name, section in train.items() if hasattr(section, "keys") and "steps" in section]
+def _stage_sections(train, stages):
+    return [(name, section) for name, section in train.items() if hasattr(section, "keys") and "steps" in section
+            and (stages is None or name in stages)]
 
 
 def _image_size(config, found: _Problems) -> None:

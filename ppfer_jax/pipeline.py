@@ -112,7 +112,7 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
     (tests of resume use it; one process); the run then returns None.
     """
     workdir = Path(workdir)
-    config_checks.check(config)
+    config_checks.check(config, stages=tuple({stage.train_key for stage in recipe.STAGES}))
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs: expected a positive number of processes, got {jobs}")
     if rerun is not None and rerun not in STAGE_NAMES:

@@ -9,6 +9,7 @@ import pytest
 
 from ppfer_jax import config_checks, pipeline
 from ppfer_jax.config import load_config
+from ppfer_jax.recipes import run
 
 DEFAULT = "configs/synthetic.py"
 
@@ -70,6 +71,10 @@ def test_batches_must_split_evenly_over_the_devices_and_processes():
            "device(s) and 1 process(es)" in found
     found = problems(device_count=2, process_count=3)  # 3 processes: each global batch a multiple of 6
     assert any(line.startswith("train.utility.batch_size=16: expected a multiple of 6") for line in found)
+    run_sections = tuple({stage.train_key for stage in run.STAGES})  # what `run` trains: no reproduce-only row
+    found = problems(device_count=8, stages=run_sections)
+    assert found == ["train.robust_privacy.batch_size=36: expected a multiple of 8: the global batch is split over "
+                     "8 batch device(s) and 1 process(es)"]
     found = problems("mesh.fsdp=3", device_count=8)
     assert any(line.startswith("mesh.fsdp=3: expected a divisor of the 8 devices") for line in found)
 
