@@ -30,7 +30,7 @@ class Context:
         return process_batch_size(self.config.train.eval_batch_size, self.mesh, "train.eval_batch_size")
 
     def source(self, split: str, method: str | None = None, *, with_originals: bool = False) -> ArraySource:
-        """A data split's clips: as rendered, or anonymised by a method (computed once per run and method)."""
+        """A data split's clips: as rendered, or anonymised by a method (made once per workdir and method)."""
         with charged("data"):
             if method is None:
                 return load_split(self.config, split)
