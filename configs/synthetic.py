@@ -28,12 +28,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # met the goal on every seed tried (benchmarks/RESULTS.md, "Frame-level expression transfer").
     c.data.num_wild_identities = 24 if tiny else 480
     c.data.clips_per_identity_train = 12 if tiny else 48
-    c.data.clips_per_identity_test = 6 if tiny else 12
+    # 36 a person: a 95% interval of about +-4 points on a share of the test clips (n = 432 at 12 people), narrower
+    # than the 10-point margins the report's goals leave (benchmarks/RESULTS.md, "Claims over seeds")
+    c.data.clips_per_identity_test = 6 if tiny else 36
     c.data.clips_per_identity_val = 6  # monitoring and checkpoint selection (s1); the test split is final only
     c.data.clips_per_identity_wild = 6  # one clip per expression and person
-    # `reproduce`'s open-set test: people no stage trains on (ACC and the verification check on their clips)
+    # people no stage trains on (the report's `openset` results): attackers train on the first half of each
+    # person's clips and are scored on the second half
     c.data.num_openset_identities = 6 if tiny else 12
-    c.data.clips_per_identity_openset = 6
+    c.data.clips_per_identity_openset = 6 if tiny else 24
     c.data.num_frames = 4 if tiny else 8  # paper: 16
     c.data.image_size = 32  # paper: 112
     c.data.num_expressions = 6  # anger, disgust, fear, happy, neutral, sad (CREMA-D)
