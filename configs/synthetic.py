@@ -145,6 +145,10 @@ def _method(c: ml_collections.ConfigDict, tiny: bool) -> None:
     t.no_privacy = stage(10 if tiny else 600, 4 if tiny else 16, 1e-3, schedule="cosine")  # F_u on raw clips
     t.adaptive_attack = stage(20 if tiny else 200, 32 if tiny else 64, 2e-3)      # fresh identity classifier
     t.clip_attack = stage(10 if tiny else 300, 4 if tiny else 16, 1e-3, schedule="cosine")  # fresh R3D on identity
+    # people no stage saw (the report's `openset`): a fresh frame and clip attacker on the first half of each
+    # person's (anonymised) clips, 12 a person: 100 steps of 64 frames is 44 passes over their clips
+    t.openset_attack = stage(10 if tiny else 100, 32 if tiny else 64, 2e-3)
+    t.openset_clip_attack = stage(5 if tiny else 150, 4 if tiny else 16, 1e-3, schedule="cosine")
     # ppfer_robust: 4 random frames of each of 36 clips per step, about 12 frames of each of the 12 people
     # stops once 3 evaluations in a row (300 steps) have not bettered the selected checkpoint
     t.robust_privacy = stage(10 if tiny else 1500, 12 if tiny else 36, 1e-3, eval_every=5 if tiny else 100,
