@@ -28,6 +28,10 @@ from data_pipelines.loader import PreparedSplit
 
 SPLITS = ("train", "val", "test", "wild")
 OPEN_SET = "openset"  # people no stage sees: the synthetic set only (``reproduce``'s open-set test)
+# its halves: the first half of each person's clips, which attackers of the report's open-set rows train on, and the
+# second, which they are scored on
+OPEN_SET_FIT, OPEN_SET_SCORE = "openset_fit", "openset_score"
+OPEN_SET_SPLITS = (OPEN_SET, OPEN_SET_FIT, OPEN_SET_SCORE)
 PREPARED = ("cremad", "dfew")
 STAGE_FIELDS = ("video", "identity", "expression")
 NAME_ALIASES = {"angry": "anger"}  # DFEW's class names -> CREMA-D's (labels.EXPRESSIONS)
@@ -70,12 +74,15 @@ class Selection:
 
 def load_split(config, split: str):
     """The named split of the configured data set, as the stages and the evaluation read it."""
-    if split not in SPLITS + (OPEN_SET,):
-        raise ValueError(f"split: expected one of {', '.join(SPLITS + (OPEN_SET,))}, got {split!r}")
+    if split not in SPLITS + OPEN_SET_SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(SPLITS + OPEN_SET_SPLITS)}, got {split!r}")
     name = config.data.name
     if name == "synthetic":
-        return _rendered(synthetic.spec_from_config(config), split)
-    if split == OPEN_SET:
+        spec = synthetic.spec_from_config(config)
+        if split in (OPEN_SET_FIT, OPEN_SET_SCORE):
+            return open_set_half(_rendered(spec, OPEN_SET), spec.clips_per_identity(OPEN_SET), split)
+        return _rendered(spec, split)
+    if split in OPEN_SET_SPLITS:
         raise ValueError(f"split {OPEN_SET!r}: only the synthetic set has people no stage sees; config data.name "
                          f"is {name!r}")
     if name not in PREPARED:
@@ -87,6 +94,15 @@ def load_split(config, split: str):
         return _prepared(data.data_dir, data.wild_tfds_name, "train", config.seed, "wild", 0.0, data.tfds_name)
     return _prepared(data.data_dir, data.tfds_name, "test" if split == "test" else "train", config.seed, split,
                      data.val_fraction, None)
+
+
+def open_set_half(source: ArraySource, clips_per_identity: int, split: str) -> ArraySource:
+    """The first (``OPEN_SET_FIT``) or second half of each person's clips of the open-set split, where a person's
+    clips are consecutive and cycle through the expressions: both halves hold every person."""
+    position = np.arange(len(source)) % clips_per_identity
+    first = position < clips_per_identity // 2
+    keep = first if split == OPEN_SET_FIT else ~first
+    return ArraySource({name: value[keep] for name, value in source.arrays.items()})
 
 
 def eval_frames(seed: int, split: str, num_clips: int, num_frames: int) -> np.ndarray:

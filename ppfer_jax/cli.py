@@ -1,10 +1,11 @@
-"""`ppfer-jax` command line: ``run``, ``reproduce``, ``check``, ``show-data``, ``convert``, ``prepare``, ``export``,
-``anonymize``.
+"""`ppfer-jax` command line: ``run``, ``reproduce``, ``sweep``, ``check``, ``show-data``, ``convert``, ``prepare``,
+``export``, ``anonymize``.
 
 ``run`` trains every stage of the method that is not finished in ``--workdir``
 (see ``ppfer_jax.pipeline``), evaluates, writes report.md/json/png and prints
 Table 1 and Table 2. ``reproduce`` does the same, then runs the paper's baselines, threat model and ablations
 (``ppfer_jax.reproduce``) and writes Tables 1-4 and Figure 1 (suite_report.md, privacy_utility.png).
+``sweep`` runs ``run`` over seeds and identity counts and writes the statistic over them (``ppfer_jax.sweep``).
 ``prepare cremad|dfew`` builds a real data set from the user's own download (CREMA-D, DFEW) as TFDS
 array_record files. ``export`` writes a finished run's
 anonymiser as an inference bundle, and ``anonymize`` turns videos into anonymised mp4s with it.
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parallel.use_compilation_cache()
     try:
         config = load_config(args.config, overrides)
+        args.overrides = overrides  # ``sweep`` hands them on to its runs
         return args.handler(config, args)
     except (KeyError, ValueError, TypeError, FileNotFoundError) as error:
         print(f"ppfer-jax {args.command}: error: {_message(error)}", file=sys.stderr)
@@ -67,6 +69,23 @@ def _parser() -> argparse.ArgumentParser:
                                 "blur1,optical_flow,task5")
     reproduce.add_argument("--jobs", type=int, default=None,
                            help="processes scoring rows at once (default: 2 on a CPU with 2 or more cores, else 1)")
+    sweep = command("sweep", _sweep, "run `run` for every seed x identity count that is not finished under --workdir "
+                    "(or print the commands, for a cluster scheduler), then write the mean, spread and worst case "
+                    "over the runs and the goals they meet (sweep.md, sweep.json)")
+    sweep.add_argument("--workdir", type=Path, required=True,
+                       help="the sweep's root: run S x N goes to ROOT/seedS-identitiesN, its log to ROOT/logs/")
+    sweep.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4, 0,2,7 or 0-2,5 (default 0-4)")
+    sweep.add_argument("--num_identities", default=None,
+                       help="identity counts, same form, e.g. 8,12,16 (default: the config's data.num_identities)")
+    sweep.add_argument("--jobs", type=int, default=None, help="each run's `run --jobs` (default: run's own)")
+    sweep.add_argument("--runs_at_once", type=int, default=None,
+                       help="runs at the same time on this machine (default: a quarter of the CPU cores, at least 1; "
+                            "use 1 on an accelerator)")
+    sweep_mode = sweep.add_mutually_exclusive_group()
+    sweep_mode.add_argument("--commands", action="store_true",
+                            help="print the command of each run that is not finished, one a line, and exit")
+    sweep_mode.add_argument("--aggregate", action="store_true",
+                            help="run nothing: aggregate the finished runs and list the missing ones")
     check = command("check", _check, "build every configured model and run it on one real batch")
     check.add_argument("--workdir", type=Path, default=Path("workdir"), help="where outputs go (default ./workdir)")
     show = command("show-data", _show_data, "write a PNG grid of clips from the configured data set")
@@ -193,6 +212,16 @@ def _reproduce(config, args) -> int:
     print(f"\nreport: {args.workdir / 'suite_report.md'} (+ suite_report.json, privacy_utility.png, "
           f"methods_frames.png); this call {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _sweep(config, args) -> int:
+    from ppfer_jax import sweep
+
+    seeds = sweep.parse_values(args.seeds, "--seeds")
+    counts = (sweep.parse_values(args.num_identities, "--num_identities", minimum=2)
+              if args.num_identities is not None else (config.data.num_identities,))
+    return sweep.main(args.workdir, args.config, args.overrides, seeds, counts, jobs=args.jobs,
+                      runs_at_once=args.runs_at_once, commands=args.commands, aggregate_only=args.aggregate)
 
 
 def _check(config, args) -> int:

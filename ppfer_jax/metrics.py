@@ -7,6 +7,9 @@ processes add up exactly; ``ratio`` turns the sums into a number at the end.
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import dm_pix
 import jax
 import jax.numpy as jnp
@@ -85,6 +88,20 @@ def ratio(correct, total) -> np.ndarray | float:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(total > 0, correct / np.where(total > 0, total, 1.0), np.nan)
     return float(out) if out.ndim == 0 else out
+
+
+Z95 = statistics.NormalDist().inv_cdf(0.975)
+
+
+def wilson_interval(share: float, total: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (95% at the default z) of a share of ``total`` trials: unlike share +- z * SE it
+    stays inside [0, 1] and is not empty at 0 or 1 (a PLR at 0 of 144 clips still bounds the leak)."""
+    if total <= 0:
+        return math.nan, math.nan
+    p, z2 = float(share), z * z
+    centre = (p + z2 / (2 * total)) / (1 + z2 / total)
+    half = z / (1 + z2 / total) * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def ssim(a: jax.Array, b: jax.Array, max_val: float = 1.0) -> jax.Array:

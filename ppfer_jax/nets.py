@@ -10,6 +10,7 @@ Names: c_low / c_high (identity controllers on the low / high band), v_pl (the l
 second frozen validator that chooses s1's checkpoint, so the reported V_pl never does), c_fc (expression
 controller), f_low / f_high (privacy enhancers, U-Net), f_fc (compensator, U-ViT), f_u (utility R3D on clips),
 attacker / clip_attacker (fresh identity classifiers on anonymised frames / clips: the adaptive attacks),
+openset_attacker / openset_clip_attacker (the same on people no other stage sees, the report's open-set rows),
 r_low / r_high (ppfer_robust's band enhancers, code autoencoders), adv_code (its co-trained adversaries on the
 code, ``privacy.robust.adversaries`` stacked copies), expression_code (its expression head on the code); for
 ``reproduce``: f_frame / c_frame (a whole-frame enhancer and its controller), adversary (the
@@ -41,6 +42,10 @@ def _identities(c) -> dict:
 
 def _wild_identities(c) -> dict:
     return dict(num_classes=c.data.num_wild_identities)
+
+
+def _openset_identities(c) -> dict:
+    return dict(num_classes=c.data.num_openset_identities)
 
 
 def _expressions(c) -> dict:
@@ -100,6 +105,8 @@ NETWORKS = {
     "v_sel": Network("validator", "frame", _identities),
     "attacker": Network("validator", "frame", _identities),
     "clip_attacker": Network("utility", "clip", _identities),
+    "openset_attacker": Network("validator", "frame", _openset_identities),
+    "openset_clip_attacker": Network("utility", "clip", _openset_identities),
     "r_low": Network("robust_enhancer_low", "low", _low_band),
     "r_high": Network("robust_enhancer_high", "high", _high_band),
     "adv_code": Network("code_adversary", "code", _identities, stacked=True),
@@ -134,12 +141,13 @@ class Nets:
     def modules(self) -> dict:
         """The modules of the networks whose section ``config.model`` has (a bundle: the anonymiser's and F_u's
         only); identity classifiers only where the data set names identities (the recognition prior: where its wild
-        people have identity labels)."""
+        people have identity labels; the open-set attackers: where the data has people no stage sees)."""
         c = self.config
         return {name: build_model(self.spec(name), dtype=c.dtype, **net.fields(c))
                 for name, net in NETWORKS.items()
                 if net.section in c.model and (net.fields is not _identities or c.data.get("num_identities"))
-                and (net.fields is not _wild_identities or c.data.get("num_wild_identities"))}
+                and (net.fields is not _wild_identities or c.data.get("num_wild_identities"))
+                and (net.fields is not _openset_identities or c.data.get("num_openset_identities"))}
 
     def pretrained(self, name: str) -> dict | None:
         """Variables from the network's ``init_from`` directory (``ppfer-jax convert`` output), else None."""

@@ -1,7 +1,7 @@
 """The stage graph of ``ppfer-jax run``: trains the stages a workdir is missing, several at once, then evaluates.
 
-The stages are ``recipes/run.py``'s ``STAGES`` (the pretraining, the paper's s1-s3, no_privacy, the attackers, the
-``ppfer_robust`` row's stages); a stage may start once every stage it reads (``dependencies``) is finished.
+The stages are ``recipes/run.py``'s ``stages_for(config)`` (the pretraining, the paper's s1-s3, no_privacy, the
+attackers, the ``ppfer_robust`` row's stages, the open-set attackers where the data has such people); a stage may start once every stage it reads (``dependencies``) is finished.
 ``StageRunner`` is the one loop that trains what is missing and times it, for ``run`` and ``reproduce`` alike:
 ``train_all`` takes, of the stages not finished, the first whose inputs are finished and which no other process
 holds (``jobs.stage_lock``), in ``critical_path_first`` order, and waits when none is ready. ``run --jobs N``
@@ -33,6 +33,7 @@ from data_pipelines.files import write_json_atomically
 from ppfer_jax import anonymised, config_checks, evaluation, report, timing
 from ppfer_jax import jobs as job_processes
 from ppfer_jax.parallel import mesh_from_config
+from ppfer_jax.recipes import openset
 from ppfer_jax.recipes import run as recipe
 from ppfer_jax.stage import Stage, train_stage
 from ppfer_jax.training import is_complete, read_summary
@@ -86,7 +87,7 @@ def check_workdir_config(config, workdir: Path) -> None:
         for section in (stored, current):
             section.pop("suite", None)
         if stored != current:
-            diffs = sorted(_diff(stored, current))
+            diffs = sorted(config_differences(stored, current))
             shown = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, a, b in diffs[:8])
             raise ValueError(f"workdir {workdir} holds results of a different config ({path}): {shown}"
                              f"{' ...' if len(diffs) > 8 else ''}. Use another --workdir, or delete {workdir} "
@@ -95,10 +96,11 @@ def check_workdir_config(config, workdir: Path) -> None:
         write_json_atomically(path, current)
 
 
-def _diff(a, b, prefix=""):
+def config_differences(a, b, prefix=""):
+    """(dotted key, a's value, b's value) for every leaf where two config dicts differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
-            yield from _diff(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{prefix}{key}.")
+            yield from config_differences(a.get(key, "<missing>"), b.get(key, "<missing>"), f"{prefix}{key}.")
     elif a != b:
         yield prefix.rstrip("."), a, b
 
@@ -112,7 +114,8 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
     (tests of resume use it; one process); the run then returns None.
     """
     workdir = Path(workdir)
-    config_checks.check(config, stages=tuple({stage.train_key for stage in recipe.STAGES}))
+    stages = recipe.stages_for(config)
+    config_checks.check(config, stages=tuple({stage.train_key for stage in stages}))
     if jobs is not None and jobs < 1:
         raise ValueError(f"--jobs: expected a positive number of processes, got {jobs}")
     if rerun is not None and rerun not in STAGE_NAMES:
@@ -127,11 +130,11 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
     runner = StageRunner(ctx)
     for name in downstream(rerun) if rerun is not None else ():
         runner.timings.pop(name, None)
-    pending = [stage for stage in recipe.STAGES if not is_complete(workdir, stage.name)]
+    pending = [stage for stage in stages if not is_complete(workdir, stage.name)]
     count = 1 if stop_after else min(jobs or job_processes.default_jobs(), max(len(pending), 1))
     helpers = job_processes.start_helpers(config, workdir, count - 1, __name__, "training stages")
     try:
-        if not runner.train_all(recipe.STAGES, stop_after=stop_after, parallel=count > 1):
+        if not runner.train_all(stages, stop_after=stop_after, parallel=count > 1):
             return None  # stopped early on request
         job_processes.wait(helpers)
     finally:
@@ -144,6 +147,8 @@ def run(config, workdir, *, rerun: str | None = None, stop_after: dict | None = 
         start, mark = time.perf_counter(), timing.snapshot()
         with timing.charged("evaluate"):
             results = evaluation.evaluate(ctx, recipe.ANONYMISER_STAGES, recipe.METHOD_ROWS)
+            if openset.applies(config):
+                results["openset"] = openset.evaluate(ctx)
         runner.record(EVALUATE, time.perf_counter() - start)
         write_timing(workdir, EVALUATE, start, mark)
         if jax.process_index() == 0:
@@ -242,7 +247,8 @@ def main(argv: list[str]) -> int:
     ``jobs.start_helpers``): trains the stages of the parent's config that no other process holds."""
     workdir = Path(argv[0])
     config = job_processes.start_helper(workdir, argv[1], "run")
-    StageRunner(recipe.context(config, workdir, mesh_from_config(config))).train_all(recipe.STAGES, parallel=True)
+    StageRunner(recipe.context(config, workdir, mesh_from_config(config))).train_all(recipe.stages_for(config),
+                                                                                     parallel=True)
     return 0
 
 

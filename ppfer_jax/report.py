@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from ppfer_jax import metrics
 from ppfer_jax.figures import frame_grid, save_png
 from data_pipelines.files import write_text_atomically
 
@@ -18,6 +19,7 @@ PAPER = {
                "ppfer": [0.936, 0.812, 0.800, 0.967, 0.807, 0.409]},
     "table2_avg": {"no_privacy": 0.872, "ppfer": 0.788},
 }
+TABLE1_SHARES = ("plr", "plr_permuted", "adaptive_plr", "adaptive_plr_clip", "acc")
 ROWS = (("no_privacy", "No privacy preservation"), ("ppfer", "PPFER (ours, the paper's Algorithm 1)"),
         ("ppfer_robust", "PPFER-robust (identity-free code per band, co-trained restarted adversaries)"))
 
@@ -39,6 +41,14 @@ def pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def share(x, total: int) -> str:
+    """A share of ``total`` test clips with its Wilson 95% interval, e.g. '22.22% (18.6-26.3)'."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return pct(x)
+    low, high = metrics.wilson_interval(x, total)
+    return f"{pct(x)} ({100 * low:.1f}-{100 * high:.1f})"
+
+
 def _paper(p: dict, key: str, metric: str) -> str:
     return pct(p["table1"][key][metric]) if key in p["table1"] else "-"
 
@@ -48,16 +58,17 @@ def tables(report: dict) -> str:
     r, p = report["results"], report["paper"]
     t1 = r["table1"]
     lines = [f"Table 1 ({r['data']}, {r['num_test_clips']} clips, {r['num_identities']} identities; "
-             f"chance PLR = 1/{r['num_identities']} = {pct(r['chance_plr'])}, chance ACC = {pct(r['chance_acc'])})",
+             f"chance PLR = 1/{r['num_identities']} = {pct(r['chance_plr'])}, chance ACC = {pct(r['chance_acc'])}; "
+             "one run: each share with its 95% Wilson interval over the test clips)",
              "",
              "| Approach | PLR (frozen V_pl) ↓ | permuted PLR ↓ | adaptive frame PLR ↓ | adaptive clip PLR ↓ | ACC ↑ "
              "| paper PLR (CREMA-D) | paper ACC (CREMA-D) |",
              "|---|---|---|---|---|---|---|---|"]
+    n = r["num_test_clips"]
     for key, label in ROWS:
         row = t1[key]
-        lines.append(f"| {label} | {pct(row['plr'])} | {pct(row['plr_permuted'])} | {pct(row['adaptive_plr'])} "
-                     f"| {pct(row['adaptive_plr_clip'])} | {pct(row['acc'])} | {_paper(p, key, 'plr')} "
-                     f"| {_paper(p, key, 'acc')} |")
+        lines.append(f"| {label} | " + " | ".join(share(row[m], n) for m in TABLE1_SHARES) +
+                     f" | {_paper(p, key, 'plr')} | {_paper(p, key, 'acc')} |")
     lines += ["", "Attackers (the same budget for every row): " +
               "; ".join(f"{name}: {what}" for name, what in r["attackers"].items())]
     names = r["expressions"]
@@ -91,6 +102,7 @@ def markdown(report: dict) -> str:
     parts += [f"- {k}: {pct(v)}" for k, v in r["robust_selection"].items() if k != "selected_step"]
     parts += ["", "## Expression controller C_fc (trained on the disjoint 'wild' people)", ""]
     parts += [f"- {k}: {pct(v)}" for k, v in r["expression_controller"].items()]
+    parts += openset_section(r.get("openset"))
     parts += ["", "## Image similarity to the original test frames (all frames, clipped to [0, 1])", ""]
     parts += [f"- {row}: SSIM C {f['ssim']:.3f}, G {f['ssim_g']:.3f}; PSNR C {f['psnr']:.2f} dB, G {f['psnr_g']:.2f} dB"
               for row, f in r["fidelity"].items()]
@@ -101,6 +113,23 @@ def markdown(report: dict) -> str:
               f"{r['data']}. Figure: report.png (rows per clip: original, low band, |high band|, then G and C of "
               f"each method).", ""]
     return "\n".join(parts)
+
+
+def openset_section(o: dict | None) -> list[str]:
+    """The open-set rows (``recipes/openset.py``) as Markdown lines; none where the data has no such people."""
+    if not o:
+        return []
+    n, labels = o["num_scored_clips"], dict(ROWS)
+    lines = ["", f"## People no stage saw ({o['num_identities']} people; attackers trained afresh on "
+             f"{o['num_fit_clips']} of their clips, everything scored on the other {n}; chance "
+             f"{pct(o['chance_plr'])})", "",
+             "| Approach | fresh frame attacker ↓ | fresh clip attacker ↓ | verification AUC ↓ | same-person pairs "
+             "rejected | ACC ↑ |", "|---|---|---|---|---|---|"]
+    for key, row in o["table"].items():
+        lines.append(f"| {labels.get(key, key)} | {share(row['adaptive_plr'], n)} | "
+                     f"{share(row['adaptive_plr_clip'], n)} | {row['verification_auc']:.3f} | "
+                     f"{pct(row['same_person_reject'])} | {share(row['acc'], n)} |")
+    return lines
 
 
 def jsonable(value):

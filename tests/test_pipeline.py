@@ -87,7 +87,7 @@ def test_only_the_final_evaluation_reads_the_test_split(uninterrupted):
     by_stage = {}
     for stage, split in reads:
         by_stage.setdefault(stage, set()).add(split)
-    assert by_stage[None] == {"test"}  # evaluate
+    assert by_stage[None] == {"test", "val", "openset_score"}  # evaluate (val: the verifier's threshold)
     assert by_stage["s1/privacy"] == {"train", "val"}  # trains on train, selects its checkpoint on val
     assert by_stage["pretrain/expression"] == {"wild", "val"}
     assert not any("test" in splits for stage, splits in by_stage.items() if stage is not None)
@@ -145,10 +145,14 @@ def test_frozen_networks_are_bit_identical_to_their_producers(uninterrupted):
 
 def test_rerun_of_a_stage_also_reruns_what_reads_it():
     assert pipeline.downstream("s1/privacy") == ["s1/privacy", "s2/compensation", "s3/utility",
-                                                 "attack/adaptive", "attack/clip", "evaluate"]
+                                                 "attack/adaptive", "attack/clip", "openset/ppfer/attack_adaptive",
+                                                 "openset/ppfer/attack_clip", "evaluate"]
     assert pipeline.downstream("robust/privacy") == ["robust/privacy", "robust/compensation", "robust/utility",
-                                                     "robust/attack_adaptive", "robust/attack_clip", "evaluate"]
+                                                     "robust/attack_adaptive", "robust/attack_clip",
+                                                     "openset/ppfer_robust/attack_adaptive",
+                                                     "openset/ppfer_robust/attack_clip", "evaluate"]
     assert pipeline.downstream("no_privacy") == ["no_privacy", "evaluate"]
+    assert pipeline.downstream("openset/no_privacy/attack_clip") == ["openset/no_privacy/attack_clip", "evaluate"]
     assert pipeline.downstream("pretrain/identity")[-1] == "evaluate"
 
 

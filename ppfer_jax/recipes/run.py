@@ -1,6 +1,6 @@
 """The stages and method rows of ``ppfer-jax run``: the paper's PPFER and ``ppfer_robust``, in run order; which
-stage each row's anonymiser networks are loaded from, and the stages of the F_u, frame attacker and clip attacker
-trained on each row's clips."""
+stage each row's anonymiser networks are loaded from, the stages of the F_u, frame attacker and clip attacker
+trained on each row's clips, and (where the data has them) the attackers of people no stage saw."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import functools
 
 from ppfer_jax.anonymised import AnonymisedSplits
 from ppfer_jax.context import Context
-from ppfer_jax.recipes import ppfer, robust
+from ppfer_jax.recipes import openset, ppfer, robust
 
-STAGES = ppfer.STAGES + robust.STAGES
+STAGES = ppfer.STAGES + robust.STAGES + openset.STAGES
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 ANONYMISER_STAGES = {ppfer.METHOD: ppfer.ANONYMISER_STAGES, robust.METHOD: robust.ANONYMISER_STAGES}
 METHOD_ROWS = {ppfer.METHOD: ppfer.ROW, robust.METHOD: robust.ROW}
@@ -18,6 +18,12 @@ METHOD_ROWS = {ppfer.METHOD: ppfer.ROW, robust.METHOD: robust.ROW}
 
 MAKERS = {method: functools.partial(ppfer.anonymised_clips, anonymiser_stages=stages)
           for method, stages in ANONYMISER_STAGES.items()}  # each method row's anonymised-split maker
+
+
+def stages_for(config) -> tuple:
+    """The stages a run of ``config`` trains, in run order: all, but the open-set ones where its data has no
+    people no stage sees."""
+    return tuple(stage for stage in STAGES if openset.applies(config) or stage not in openset.STAGES)
 
 
 def context(config, workdir, mesh, *, keep_originals: bool = False, more_makers: dict | None = None) -> Context:

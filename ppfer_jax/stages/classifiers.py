@@ -21,21 +21,23 @@ def _frame_classifier_loss(nets, config, *, net: str, label: str):
     return loss_fn
 
 
-def _frame_classifier_eval(ctx, *, net: str, label: str, metric: str, method: str | None = None):
+def _frame_classifier_eval(ctx, *, net: str, label: str, metric: str, method: str | None = None,
+                           split: str = "val"):
     def counts(state, batch):
         frame = pick_frames(to_float(batch["video"]), batch["eval_frame"])
         logits = ctx.nets.apply(net, net_variables(state, net), frame)
         return {metric: metrics.correct_counts(logits, batch[label], batch["mask"])}
-    return evaluator(ctx, counts, "val", method)
+    return evaluator(ctx, counts, split, method)
 
 
 def frame_classifier_stage(name: str, train_key: str, net: str, label: str, metric: str, *, split: str = "train",
-                           method: str | None = None) -> Stage:
+                           method: str | None = None, eval_split: str = "val") -> Stage:
     """A stage training ``net`` on one random frame per clip against ``label`` (cross-entropy), on the raw clips
-    of ``split`` or on ``method``'s anonymised ones."""
+    of ``split`` or on ``method``'s anonymised ones; monitored on ``eval_split``."""
     return Stage(name, train_key, (net,), (), split, method,
                  make_step(functools.partial(_frame_classifier_loss, net=net, label=label)),
-                 functools.partial(_frame_classifier_eval, net=net, label=label, metric=metric, method=method))
+                 functools.partial(_frame_classifier_eval, net=net, label=label, metric=metric, method=method,
+                                   split=eval_split))
 
 
 def _clip_classifier_loss(nets, config, *, net: str, label: str):
@@ -58,10 +60,11 @@ def clip_classifier_eval(ctx, *, method: str | None, net: str, label: str, split
     return evaluator(ctx, counts, split, method)
 
 
-def clip_classifier_stage(name: str, train_key: str, net: str, label: str, method: str | None) -> Stage:
-    """A stage training the clip classifier ``net`` against ``label`` on the raw training clips (``method``
-    None) or on a method's anonymised ones, with ``train.augment``."""
+def clip_classifier_stage(name: str, train_key: str, net: str, label: str, method: str | None, *,
+                          split: str = "train", eval_split: str = "val") -> Stage:
+    """A stage training the clip classifier ``net`` against ``label`` on the raw clips of ``split`` (``method``
+    None) or on a method's anonymised ones, with ``train.augment``; monitored on ``eval_split``."""
     part = dict(net=net, label=label)
-    return Stage(name, train_key, (net,), (), "train", method,
+    return Stage(name, train_key, (net,), (), split, method,
                  make_step(functools.partial(_clip_classifier_loss, **part)),
-                 functools.partial(clip_classifier_eval, method=method, **part), augmented=True)
+                 functools.partial(clip_classifier_eval, method=method, split=eval_split, **part), augmented=True)
