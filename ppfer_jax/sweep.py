@@ -532,7 +532,7 @@ def markdown(summary: dict) -> str:
     lines += _aggregate_table(aggregated.get(TABLE1, {}), finished, chance_multiples=True)
     if OPEN_SET in aggregated:
         with_openset = finished - len(summary["without_openset"])
-        lines += ["", f"## Open set (people no stage saw), {with_openset} of {_runs(finished)}", ""]
+        lines += ["", f"## Open set (people no stage saw): {with_openset} of the {finished} runs", ""]
         if summary["without_openset"]:
             lines += [f"No open-set numbers in: {', '.join(summary['without_openset'])}.", ""]
         lines += _aggregate_table(aggregated[OPEN_SET], with_openset)
