@@ -147,6 +147,31 @@ def crop_and_resize(frame: np.ndarray, crop: CropBox, image_size: int) -> np.nda
     return resize_box(frame, (left, top, left + side, top + side), (image_size, image_size))
 
 
+FACE_MARGIN = 0.4  # a detected face's square crop: its longer side grown by this share (context around the face)
+
+
+def face_square(box, margin: float = FACE_MARGIN) -> tuple[int, int, int]:
+    """(left, top, side) in whole pixels of the square crop around a face box (x0, y0, x1, y1): centred on the box,
+    its side the box's longer side grown by ``margin``. It may reach outside the frame (``crop_square`` pads)."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    side = max(2, round(max(x1 - x0, y1 - y0) * (1 + margin)))
+    return round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2), side
+
+
+def crop_square(frame: np.ndarray, square: tuple[int, int, int], size: int) -> np.ndarray:
+    """The (left, top, side) square of a uint8 frame resized to size x size; where it leaves the frame the frame's
+    edge pixels are repeated (so a face at the border keeps its place and scale in the crop)."""
+    left, top, side = square
+    height, width = frame.shape[:2]
+    region = frame[max(top, 0):max(min(top + side, height), 0), max(left, 0):max(min(left + side, width), 0)]
+    if region.size == 0:
+        raise ValueError(f"crop_square: the square {square} lies outside the {width}x{height} frame")
+    pads = ((max(0, -top), max(0, top + side - height)), (max(0, -left), max(0, left + side - width)), (0, 0))
+    if any(sum(p) for p in pads):
+        region = np.pad(region, pads, mode="edge")
+    return resize_box(np.ascontiguousarray(region), (0, 0, side, side), (size, size))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # One clip
 

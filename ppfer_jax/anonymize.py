@@ -1,8 +1,18 @@
 """Anonymising videos with an exported bundle (``ppfer-jax anonymize``).
 
 A video (any file PyAV/FFmpeg reads: mp4, avi, flv, mov, mkv, webm) or a directory
-of frame images becomes an H.264 mp4 of its privacy-preserved, feature-compensated
-frames, at the input's frame rate and frame count:
+of frame images becomes an H.264 mp4 at the input's frame rate and frame count. Two ways:
+
+**Faces in the full frame** (the default, as face anonymisers do): a first pass finds every face in every frame
+(MTCNN, ``face_detection``) and links them into tracks with smoothed boxes (``face_tracks``); a second pass crops
+each face as the bundle's training clips were (a square around the face grown by the margin, resized to
+``image_size``), anonymises the crops in the same fixed-shape jitted batches, and blends each back into the
+full-resolution frame with a feathered edge that reaches full strength on the face box. Pixels outside the crops
+are the input's. Fail-safe: a face lost for more than ``carry`` frames, or a frame with no face at all, gives the
+whole frame pixelated, and each video's count of such frames is reported. Output at the input's size (a 4:2:0
+video needs even sides: an odd last row or column is dropped, with a warning).
+
+**The centred square** (``centre_square=True``, ``--centre-square``), for bundles trained on pre-cropped faces:
 
 * every frame is reduced to the bundle's size as the training clips were: the largest
   centred square is kept (a non-square frame loses its sides, and a warning says so)
@@ -13,8 +23,10 @@ frames, at the input's frame rate and frame count:
   output frame is the chain applied to its input frame; the clips matter only for F_u's
   per-clip expression predictions (``--predictions``, a JSON beside the mp4);
 * frames are decoded, anonymised and encoded as a stream: memory holds one batch, not the
-  video. Only anonymised frames reach the encoder, and nothing of the input's container
-  (metadata included) is copied;
+  video.
+
+Either way only the written frames reach the encoder: no audio (a voice identifies a person) and nothing of the
+input's container (metadata included) is copied;
 * the mp4 is written to a temp file beside the output and renamed when complete; any
   failure deletes it, so an output either is whole or does not exist.
 """
@@ -38,6 +50,7 @@ import numpy as np
 from data_pipelines import video
 from data_pipelines.files import give_default_mode, write_json_atomically
 from data_pipelines.video import BadInput
+from ppfer_jax import face_tracks
 
 DEFAULT_FPS = Fraction(25)  # a directory of frames has no frame rate of its own
 BATCH_CLIPS = 8  # clips of T frames per jitted call
@@ -45,6 +58,8 @@ CODEC = "libx264"
 PIXEL_FORMAT = "yuv420p"  # what every player reads; needs even width and height; halves the colour resolution
 FULL_COLOUR = "yuv444p"  # keeps every pixel's colour (the anonymiser's output is rich in it); few players read it
 CRF = "18"  # x264's "visually lossless" quality: the anonymised detail survives the encode
+DETECT_BATCH = 4  # frames per detector call (one PNet pyramid call for all of them)
+PIXELATE_BLOCKS = 12  # a fallback frame: this many blocks along its shorter side (a face spans a few at most)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +85,11 @@ class Result:
     size: int
     seconds: float
     expression: str | None = None  # F_u's whole-video prediction (mean of its clips' probabilities)
+    width: int | None = None  # the full-frame output's size (None: the square ``size``)
+    height: int | None = None
+    faces: int | None = None  # tracks found (None: the centred square, no detection)
+    fallback_frames: tuple[int, ...] = ()  # frames written pixelated whole (a face lost, or none found)
+    carried_frames: int = 0  # frames where a lost face's last box was anonymised
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -169,7 +189,8 @@ class Mp4Writer:
     """H.264 frames into a temp file beside ``path``; ``commit`` renames it to ``path``. Leaving the ``with``
     block uncommitted (an exception) deletes the temp file: no partial video is ever left."""
 
-    def __init__(self, path: Path, fps: Fraction, side: int, pixel_format: str = PIXEL_FORMAT):
+    def __init__(self, path: Path, fps: Fraction, side: int | tuple[int, int], pixel_format: str = PIXEL_FORMAT):
+        """``side``: a square's side, or (width, height)."""
         import av
 
         self.path = Path(path)
@@ -181,7 +202,7 @@ class Mp4Writer:
         try:
             self.container = av.open(temporary, "w", format="mp4")
             self.stream = self.container.add_stream(CODEC, rate=fps)
-            self.stream.width = self.stream.height = side
+            self.stream.width, self.stream.height = (side, side) if isinstance(side, int) else side
             self.stream.pix_fmt = pixel_format
             self.stream.options = {"crf": CRF}
         except BaseException:
@@ -191,7 +212,7 @@ class Mp4Writer:
         self.count = 0
 
     def write(self, frames: np.ndarray) -> None:
-        """Encodes uint8 frames (N, side, side, 3)."""
+        """Encodes uint8 frames (N, height, width, 3)."""
         import av
 
         for frame in frames:
@@ -232,16 +253,27 @@ def _resized(frames: np.ndarray, side: int) -> np.ndarray:
 # One input, many inputs
 
 
-def anonymize_video(bundle, source_path: Path, output: Path, *, predictions: bool = False, keep_size: bool = False,
-                    full_colour: bool = False, fps: Fraction = DEFAULT_FPS, batch_clips: int = BATCH_CLIPS,
-                    progress: bool = True, warn: Callable[[str], None] | None = None) -> Result:
+def anonymize_video(bundle, source_path: Path, output: Path, *, detector=None, predictions: bool = False,
+                    keep_size: bool = False, full_colour: bool = False, fps: Fraction = DEFAULT_FPS,
+                    batch_clips: int = BATCH_CLIPS, progress: bool = True, warn: Callable[[str], None] | None = None,
+                    **face_options) -> Result:
     """Anonymises one input into ``output`` (an mp4), with F_u's per-clip predictions beside it on request.
 
+    ``detector`` (``face_detection.Detector``): every face in the full frame (``face_options``: margin, carry,
+    no_face; see ``anonymize_faces``); None: the centred square.
     ``full_colour``: encode 4:4:4 instead of the playable 4:2:0, whose halved colour resolution blurs the
     anonymiser's per-pixel colour (on the tiny test bundle: 11 grey levels mean error against 3)."""
     from tqdm.auto import tqdm
 
     warn = warn or _warn
+    if detector is not None:
+        if predictions:
+            raise ValueError("--predictions needs --centre-square for now (per-face expression clips are not "
+                             "written yet)")
+        if keep_size:
+            raise ValueError("--keep-size applies to --centre-square only: full-frame output keeps the input's size")
+        return anonymize_faces(bundle, detector, source_path, output, full_colour=full_colour, fps=fps,
+                               batch_clips=batch_clips, progress=progress, warn=warn, **face_options)
     start = time.perf_counter()
     size = bundle.image_size
     if predictions:
@@ -286,6 +318,181 @@ def _anonymise_into(bundle, frames: Iterable[np.ndarray], writer: Mp4Writer, bat
             logits.append(bundle.predict(anonymised)[: math.ceil(count / clip_frames)])
         advance(count)
     return np.concatenate(logits) if predictions else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Faces in the full frame
+
+
+def bundle_margin(bundle) -> float:
+    """The crop margin the bundle's training clips had (``data.face_margin`` in its config), else the default
+    of ``prepare --face_crop detect`` (``video.FACE_MARGIN``)."""
+    margin = bundle.config.data.get("face_margin", None)
+    return video.FACE_MARGIN if margin is None else float(margin)
+
+
+def detect_faces(detector, frames: Iterable[np.ndarray], batch: int = DETECT_BATCH,
+                 advance: Callable[[int], object] = lambda n: None) -> tuple[list, tuple[int, int]]:
+    """Every frame's face boxes (N_t, 4) and the frames' (height, width); all frames must have one size."""
+    boxes, shape, chunk = [], None, []
+
+    def run():  # a short last chunk is padded with its last frame: one PNet shape per video
+        found = detector.detect_batch(np.stack(chunk + [chunk[-1]] * (batch - len(chunk))), len(chunk))
+        boxes.extend(faces.boxes for faces in found)
+        advance(len(chunk))
+        chunk.clear()
+
+    for frame in frames:
+        if shape is None:
+            shape = frame.shape[:2]
+        elif frame.shape[:2] != shape:
+            raise ValueError(f"frame {len(boxes) + len(chunk)} is {frame.shape[1]}x{frame.shape[0]} px, the first "
+                             f"{shape[1]}x{shape[0]}: every frame of a video must have one size")
+        chunk.append(frame)
+        if len(chunk) == batch:
+            run()
+    if chunk:
+        run()
+    return boxes, shape
+
+
+def feather(side: int, inner: int) -> np.ndarray:
+    """(side, side) blending weights: 1 on the centred inner x inner square (the face), falling linearly to 0 at
+    the crop's edge, so the pasted crop has no seam and the face itself is fully replaced."""
+    ramp = (side - inner) / 2
+    if ramp <= 0:
+        return np.ones((side, side), np.float32)
+    distance = np.minimum(np.arange(side), np.arange(side)[::-1]) + 0.5  # to the nearer edge, pixel centres
+    weight = np.clip(distance / ramp, 0.0, 1.0).astype(np.float32)
+    return np.minimum(weight[:, None], weight[None, :])
+
+
+def paste(frame: np.ndarray, crop: np.ndarray, square: tuple[int, int, int], inner: int) -> None:
+    """Blends an anonymised crop (any size) into ``frame`` (uint8, in place) over the (left, top, side) square,
+    feathered (``feather``); the part of the square outside the frame is dropped."""
+    left, top, side = square
+    height, width = frame.shape[:2]
+    resized = video.resize_box(crop, (0, 0, crop.shape[1], crop.shape[0]), (side, side)).astype(np.float32)
+    weight = feather(side, inner)[..., None]
+    y0, y1, x0, x1 = max(top, 0), min(top + side, height), max(left, 0), min(left + side, width)
+    if y0 >= y1 or x0 >= x1:
+        return
+    part = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+    region = frame[y0:y1, x0:x1].astype(np.float32)
+    frame[y0:y1, x0:x1] = np.rint(weight[part] * resized[part] + (1 - weight[part]) * region).astype(np.uint8)
+
+
+def pixelated(frame: np.ndarray, blocks: int = PIXELATE_BLOCKS) -> np.ndarray:
+    """The frame as block means, ``blocks`` blocks along its shorter side: what a fallback frame shows."""
+    height, width = frame.shape[:2]
+    block = max(1, math.ceil(min(height, width) / blocks))
+    rows, cols = math.ceil(height / block), math.ceil(width / block)
+    padded = np.pad(frame, ((0, rows * block - height), (0, cols * block - width), (0, 0)), mode="edge")
+    means = padded.reshape(rows, block, cols, block, 3).mean(axis=(1, 3))
+    return np.rint(np.repeat(np.repeat(means, block, 0), block, 1)[:height, :width]).astype(np.uint8)
+
+
+def even(frame: np.ndarray) -> np.ndarray:
+    """The frame without an odd last row or column (4:2:0 video needs even sides)."""
+    height, width = frame.shape[:2]
+    return frame[: height - height % 2, : width - width % 2]
+
+
+def render(bundle, frames: Iterable[np.ndarray], plans: list, margin: float, batch_clips: int,
+           emit: Callable[[np.ndarray], object]) -> None:
+    """The output frames, in order, to ``emit``: each planned face cropped, anonymised in ``bundle.anonymise``'s
+    fixed batches of ``batch_clips`` x T crops, and pasted back; a fallback frame pixelated whole."""
+    size, per_call = bundle.image_size, batch_clips * bundle.num_frames
+    waiting: list[np.ndarray] = []  # output frames whose crops are not back yet, in order
+    crops: list[np.ndarray] = []
+    owners: list[tuple[int, tuple[int, int, int], int]] = []  # (index in waiting, square, inner side)
+
+    def flush():
+        for start in range(0, len(crops), per_call):
+            chunk = crops[start : start + per_call]
+            batch = np.stack(chunk + [chunk[-1]] * (per_call - len(chunk)))
+            done = bundle.anonymise(batch.reshape((batch_clips, bundle.num_frames) + batch.shape[1:]))
+            done = done.reshape((-1,) + done.shape[2:])
+            for crop, (k, square, inner) in zip(done, owners[start : start + per_call]):
+                paste(waiting[k], crop, square, inner)
+        for frame in waiting:
+            emit(frame)
+        waiting.clear()
+        crops.clear()
+        owners.clear()
+
+    count = 0
+    for frame, plan in zip(frames, plans):
+        count += 1
+        if plan.fallback:
+            waiting.append(pixelated(frame))
+            continue
+        out = frame.copy()
+        for _, box in plan.faces:
+            square = video.face_square(box, margin)
+            inner = min(square[2], round(max(box[2] - box[0], box[3] - box[1])))
+            crops.append(video.crop_square(frame, square, size))
+            owners.append((len(waiting), square, inner))
+        waiting.append(out)
+        if len(crops) >= per_call:
+            flush()
+    flush()
+    if count != len(plans):
+        raise ValueError(f"the second read gave {count} frames, the first {len(plans)}")
+
+
+def anonymize_faces(bundle, detector, source_path: Path, output: Path, *, margin: float | None = None,
+                    carry: int = face_tracks.CARRY, no_face: str = "pixelate", full_colour: bool = False,
+                    fps: Fraction = DEFAULT_FPS, batch_clips: int = BATCH_CLIPS, progress: bool = True,
+                    warn: Callable[[str], None] | None = None) -> Result:
+    """Every face of one input anonymised in the full frame (the module's first way): detect and track (first
+    read), then crop, anonymise, paste back and encode (second read), into a temp file renamed when whole."""
+    from tqdm.auto import tqdm
+
+    warn = warn or _warn
+    start = time.perf_counter()
+    margin = bundle_margin(bundle) if margin is None else margin
+    bar_options = dict(unit="frame", dynamic_ncols=True, disable=None if progress else True, leave=False)
+    with open_source(source_path, fps) as source, \
+            tqdm(total=source.frame_count, desc=f"{source_path.name}: faces", **bar_options) as bar:
+        boxes, shape = detect_faces(detector, source.frames, advance=bar.update)
+        rate = source.fps
+    if shape is None:
+        raise BadInput(source_path, "no frame could be read")
+    height, width = shape
+    if height % 2 or width % 2:
+        warn(f"{source_path}: {width}x{height} px: 4:2:0 video needs even sides; the odd last row/column is dropped")
+    tracks = face_tracks.link(boxes)
+    plans = face_tracks.plan(tracks, len(boxes), height, width, carry=carry, no_face=no_face)
+    fallback = tuple(t for t, p in enumerate(plans) if p.fallback)
+    if fallback:
+        warn(f"{source_path}: {len(fallback)} of {len(plans)} frames pixelated whole (a face lost or none found): "
+             f"frames {_ranges(fallback)}")
+    pixel_format = FULL_COLOUR if full_colour else PIXEL_FORMAT
+    size = (width - width % 2, height - height % 2)
+    with open_source(source_path, fps) as source, Mp4Writer(output, rate, size, pixel_format) as writer, \
+            tqdm(total=len(plans), desc=f"{source_path.name}: anonymising", **bar_options) as bar:
+        def emit(frame):
+            writer.write(even(frame)[None])
+            bar.update()
+
+        render(bundle, source.frames, plans, margin, batch_clips, emit)
+        writer.commit()
+    return Result(source_path, output, None, writer.count, rate, min(size), time.perf_counter() - start,
+                  width=size[0], height=size[1], faces=len(tracks), fallback_frames=fallback,
+                  carried_frames=sum(p.carried > 0 for p in plans))
+
+
+def _ranges(frames: tuple[int, ...]) -> str:
+    """0,1,2,5 -> '0-2, 5'."""
+    parts, begin = [], None
+    for k, t in enumerate(frames):
+        if begin is None:
+            begin = t
+        if k + 1 == len(frames) or frames[k + 1] != t + 1:
+            parts.append(f"{begin}-{t}" if t > begin else f"{t}")
+            begin = None
+    return ", ".join(parts)
 
 
 def check_can_predict(bundle) -> None:
@@ -348,6 +555,9 @@ def anonymize_all(bundle, inputs: list[Path], out: Path, **options) -> tuple[lis
 
     if options.get("predictions"):
         check_can_predict(bundle)
+    if options.get("detector") is not None and (options.get("predictions") or options.get("keep_size")):
+        raise ValueError("--predictions and --keep-size need --centre-square (full-frame output keeps the input's "
+                         "size; per-face expression clips are not written yet)")
     paths = output_paths(inputs, out)
     seconds = compile_chain(bundle, options.get("batch_clips", BATCH_CLIPS), options.get("predictions", False))
     print(f"compiled the chain for batches of {options.get('batch_clips', BATCH_CLIPS)} clips of {bundle.num_frames} "
@@ -382,8 +592,12 @@ def compile_chain(bundle, batch_clips: int, predictions: bool) -> float:
 
 def format_result(result: Result) -> str:
     rate = result.frames / result.seconds if result.seconds > 0 else float("inf")
+    width, height = result.width or result.size, result.height or result.size
     line = (f"{result.source} -> {result.output}: {result.frames} frames at {float(result.fps):g} fps, "
-            f"{result.size}x{result.size} px, {result.seconds:.1f} s ({rate:.0f} frames/s)")
+            f"{width}x{height} px, {result.seconds:.1f} s ({rate:.1f} frames/s)")
+    if result.faces is not None:
+        line += (f"; {result.faces} face track(s), {result.carried_frames} frames with a lost face's last box, "
+                 f"{len(result.fallback_frames)} frames pixelated whole (fallback)")
     if result.predictions is not None:
         line += f"; predictions {result.predictions} (whole video: {result.expression})"
     return line

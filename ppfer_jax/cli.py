@@ -93,8 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--clips", type=int, default=6, help="number of clips (rows) to show (default 6)")
     show.add_argument("--out", type=Path, default=Path("data_preview.png"), help="PNG path (default data_preview.png)")
     convert = command("convert", _convert, "convert a PyTorch checkpoint (.pth) into Flax variables for init_from")
-    convert.add_argument("source", type=Path, help="the .pth file (a state dict)")
-    convert.add_argument("--model", required=True, help="resnet18 | resnet34 | resnet50 | r3d_18 | unet | uvit")
+    convert.add_argument("source", type=Path, nargs="?", default=None,
+                         help="the .pth file (a state dict); for --model mtcnn a directory holding pnet.pt, rnet.pt, "
+                              "onet.pt or a facenet-pytorch wheel (default: the installed facenet-pytorch)")
+    convert.add_argument("--model", required=True,
+                         help="resnet18 | resnet34 | resnet50 | r3d_18 | unet | uvit | mtcnn (facenet-pytorch's face "
+                              "detector, for `anonymize --detector`)")
     convert.add_argument("--out", type=Path, required=True, help="output directory (variables.msgpack, spec.json)")
     convert.add_argument("--num-classes", type=int, default=None,
                          help="classifiers: the configured class count (a different head is re-initialised)")
@@ -138,8 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--method", choices=("ppfer", "ppfer_robust"), default=None,
                         help="which method row's anonymiser (default: the one whose privacy holds best against the "
                              "run's fresh attackers)")
-    anonymize = command("anonymize", _anonymize, "anonymise videos with an exported bundle into mp4s of "
-                        "privacy-preserved, feature-compensated frames (the --config is not used)")
+    anonymize = command("anonymize", _anonymize, "anonymise videos with an exported bundle: every face is found, "
+                        "tracked, replaced by its privacy-preserved, feature-compensated version and blended back "
+                        "into the full frame, written as an mp4 at the input's size and frame rate. A frame where a "
+                        "tracked face is lost (or no face is found) is pixelated whole, and counted. Audio is not "
+                        "copied (a voice identifies a person), nor any metadata (the --config is not used)")
     anonymize.add_argument("inputs", nargs="+", type=Path, metavar="INPUT",
                            help="video files (.mp4 .avi .flv .mov .mkv .webm) or directories of frame images")
     anonymize.add_argument("--bundle", type=Path, required=True, help="a `ppfer-jax export` directory")
@@ -148,8 +155,28 @@ def _parser() -> argparse.ArgumentParser:
     anonymize.add_argument("--predictions", action="store_true",
                            help="write F_u's expression per clip of T frames to a .json beside each mp4 "
                                 "(needs a bundle exported --with-utility)")
+    anonymize.add_argument("--centre-square", action="store_true",
+                           help="no face detection: anonymise the centred square of each frame, resized to the "
+                                "bundle's size, and write only that square (for bundles trained on pre-cropped "
+                                "faces, or videos that are already face crops)")
+    anonymize.add_argument("--detector", type=Path, default=None,
+                           help="the face detector directory (`ppfer-jax convert --model mtcnn --out DIR`; default "
+                                "$PPFER_JAX_DETECTOR or ~/.cache/ppfer_jax/mtcnn, converted there once from an "
+                                "installed facenet-pytorch)")
+    anonymize.add_argument("--margin", type=float, default=None,
+                           help="a face's square crop is its box's longer side grown by this share (default: the "
+                                "bundle's data.face_margin, else 0.4, as `prepare --face_crop detect`)")
+    anonymize.add_argument("--carry", type=int, default=5,
+                           help="frames a lost face keeps its last box before the whole frame is pixelated "
+                                "(default 5)")
+    anonymize.add_argument("--no-face", choices=("pixelate", "keep"), default="pixelate",
+                           help="a frame where no face is found (and none is lost): pixelated whole (default; a "
+                                "missed face cannot be told from no face) or written unchanged")
+    anonymize.add_argument("--min-face", type=int, default=20,
+                           help="smallest face searched for, in pixels (default 20)")
     anonymize.add_argument("--keep-size", action="store_true",
-                           help="write the input's resolution (its centred square) instead of the bundle's")
+                           help="--centre-square: write the input's resolution (its centred square) instead of the "
+                                "bundle's")
     anonymize.add_argument("--full-colour", action="store_true",
                            help="encode H.264 4:4:4, keeping the anonymised frames' colour at full resolution "
                                 "(default 4:2:0, which every player reads, halves it; many players cannot play 4:4:4)")
@@ -250,6 +277,15 @@ def _convert(config, args) -> int:
     from ppfer_jax.config import parse_value
     from ppfer_jax.models import build_model
 
+    if args.model == "mtcnn":
+        from ppfer_jax import face_detection
+
+        out = face_detection.convert_mtcnn(args.out, args.source)
+        print(f"converted MTCNN's pnet, rnet, onet -> {out}; use it with `ppfer-jax anonymize --detector {out}`")
+        return 0
+    if args.source is None:
+        raise ValueError(f"convert --model {args.model}: the .pth file to convert is missing")
+
     spec = {"name": args.model}
     for item in args.field:
         key, sep, value = item.partition("=")
@@ -319,10 +355,24 @@ def _anonymize(config, args) -> int:
         raise ValueError(f"--batch-clips: expected a positive number of clips, got {args.batch_clips}")
     if args.fps <= 0:
         raise ValueError(f"--fps: expected a positive frame rate, got {args.fps}")
+    if args.carry < 0 or args.min_face < 12:
+        raise ValueError(f"--carry {args.carry} / --min-face {args.min_face}: expected --carry >= 0 and --min-face "
+                         f">= 12 (PNet's window)")
+    if args.margin is not None and args.margin < 0:
+        raise ValueError(f"--margin: expected a share >= 0, got {args.margin}")
+    if not args.centre_square and (args.predictions or args.keep_size):
+        raise ValueError("--predictions and --keep-size need --centre-square (full-frame output keeps the input's "
+                         "size; per-face expression clips are not written yet)")
     bundle = load_bundle(args.bundle)
+    face_options = {}
+    if not args.centre_square:
+        from ppfer_jax.face_detection import find_detector
+
+        face_options = dict(detector=find_detector(args.detector, min_face=args.min_face), margin=args.margin,
+                            carry=args.carry, no_face=args.no_face)
     results, failures = anonymize.anonymize_all(bundle, args.inputs, args.out, predictions=args.predictions,
                                                 keep_size=args.keep_size, full_colour=args.full_colour, fps=args.fps,
-                                                batch_clips=args.batch_clips)
+                                                batch_clips=args.batch_clips, **face_options)
     if failures:
         print(f"ppfer-jax anonymize: {len(failures)} of {len(args.inputs)} inputs failed: "
               f"{', '.join(map(str, failures))}", file=sys.stderr)

@@ -1,4 +1,6 @@
-"""PyTorch state dicts onto our Flax variables: torchvision ResNet / R3D-18, milesial U-Net, U-ViT.
+"""PyTorch state dicts onto our Flax variables: torchvision ResNet / R3D-18, milesial U-Net, U-ViT, and
+facenet-pytorch's MTCNN networks (``mtcnn_pnet``, ``mtcnn_rnet``, ``mtcnn_onet``; ``face_detection`` converts the
+three at once).
 
 A torch key is renamed to our module path by a short per-model regex list; its
 leaf is then matched against the *target* tree (the abstract variables of the
@@ -9,6 +11,7 @@ norm ``scale`` or an ``embedding``:
     ConvTranspose weight (I, O, kh, kw) -> kernel flipped in space, (kh, kw, I, O)
     linear weight (O, I)              -> kernel (I, O)
     BatchNorm running_mean / var      -> batch_stats mean / var  (num_batches_tracked dropped)
+    PReLU weight (C,)                 -> negative_slope (C,)
 
 Every target leaf must be filled with the right shape, and every torch tensor used;
 otherwise one ``ValueError`` lists the offending keys. The classification head is
@@ -40,7 +43,9 @@ _UNET = [(r"maxpool_conv\.1\.", "conv."), (r"double_conv\.0\.", "conv1."), (r"do
 _UVIT = [(r"^patch_embed\.proj\.", "patch_embed."), (r"^(in|out)_blocks\.(\d+)\.", r"\1_blocks_\2."),
          (r"^time_embed\.(\d)\.", r"time_embed_\1.")]
 RENAMES = {"resnet18": _RESNET, "resnet34": _RESNET, "resnet50": _RESNET, "r3d_18": _RESNET,
-           "unet": _UNET, "uvit": _UVIT}
+           "unet": _UNET, "uvit": _UVIT,
+           # models/mtcnn.py keeps facenet-pytorch's module names: nothing to rename
+           "mtcnn_pnet": [], "mtcnn_rnet": [], "mtcnn_onet": []}
 HEADS = {"resnet18": "head", "resnet34": "head", "resnet50": "head", "r3d_18": "head"}
 MODELS = tuple(RENAMES)
 
@@ -125,7 +130,7 @@ def _place(key: str, value: np.ndarray, model: str, wanted: Mapping) -> tuple[tu
     if leaf != "weight":
         candidate = ("params", *path, leaf)
         return (candidate, value) if candidate in wanted else None
-    for our_leaf in ("kernel", "scale", "embedding"):
+    for our_leaf in ("kernel", "scale", "embedding", "negative_slope"):
         candidate = ("params", *path, our_leaf)
         if candidate in wanted:
             break

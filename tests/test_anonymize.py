@@ -4,9 +4,9 @@ validator loses the identities), a clear error per bad input, and never a partia
 import json
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
+import video_helpers
 from PIL import Image
 
 from data_pipelines import synthetic
@@ -21,21 +21,10 @@ FRAMES, FPS, WIDTH, HEIGHT = 11, 12, 48, 40
 
 
 def write_mp4(path, frames, fps=FPS):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+    return video_helpers.write_mp4(path, frames, fps)
 
 
-def read_mp4(path):
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-        return frames, stream.average_rate
+read_mp4 = video_helpers.read_mp4
 
 
 def luma(frames):
@@ -75,7 +64,7 @@ def faces(tmp_path_factory):
 def anonymised(bundle, faces, tmp_path_factory):
     """All the face videos through the CLI into one output directory, with predictions."""
     out = tmp_path_factory.mktemp("anonymised")
-    code = main(["anonymize", *map(str, faces[0]), "--bundle", str(bundle.path), "-o", str(out), "--predictions"])
+    code = main(["anonymize", "--centre-square", *map(str, faces[0]), "--bundle", str(bundle.path), "-o", str(out), "--predictions"])
     return code, out
 
 
@@ -141,7 +130,7 @@ def test_a_directory_of_png_frames_in_full_colour(bundle, tmp_path):
         Image.fromarray(frame[:, 4:-4]).save(frames / f"frame{k}.png")  # 40x40
     (frames / "notes.txt").write_text("not a frame")
     out = tmp_path / "out.mp4"
-    assert main(["anonymize", str(frames), "--bundle", str(bundle.path), "-o", str(out), "--fps", "30000/1001",
+    assert main(["anonymize", "--centre-square", str(frames), "--bundle", str(bundle.path), "-o", str(out), "--fps", "30000/1001",
                  "--full-colour"]) == 0
     video, rate = read_mp4(out)
     assert video.shape == (5, 32, 32, 3) and rate == Fraction(30000, 1001)
@@ -152,7 +141,7 @@ def test_a_directory_of_png_frames_in_full_colour(bundle, tmp_path):
 
 def test_keep_size_writes_the_inputs_centred_square(bundle, faces, tmp_path):
     out = tmp_path / "out.mp4"
-    assert main(["anonymize", str(faces[0][0]), "--bundle", str(bundle.path), "-o", str(out), "--keep-size"]) == 0
+    assert main(["anonymize", "--centre-square", str(faces[0][0]), "--bundle", str(bundle.path), "-o", str(out), "--keep-size"]) == 0
     video, rate = read_mp4(out)
     assert video.shape == (FRAMES, HEIGHT, HEIGHT, 3) and rate == FPS
 
@@ -175,7 +164,7 @@ def test_a_bad_input_gets_one_clear_error_naming_it_and_leaves_no_output(bundle,
     elif kind == "no_images":
         path.mkdir()
     out = tmp_path / "out"
-    assert main(["anonymize", str(path), "--bundle", str(bundle.path), "-o", str(out)]) == 1
+    assert main(["anonymize", "--centre-square", str(path), "--bundle", str(bundle.path), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"{path}: {reason}" in err
     assert not out.exists() or list(out.iterdir()) == []
@@ -186,7 +175,7 @@ def test_with_several_inputs_a_failure_is_reported_and_the_others_are_done(bundl
     good = faces[0][0].read_bytes()
     bad.write_bytes(good[: len(good) // 3])  # cut short
     out = tmp_path / "out"
-    assert main(["anonymize", str(bad), str(faces[0][0]), "--bundle", str(bundle.path), "-o", str(out)]) == 1
+    assert main(["anonymize", "--centre-square", str(bad), str(faces[0][0]), "--bundle", str(bundle.path), "-o", str(out)]) == 1
     captured = capsys.readouterr()
     assert str(bad) in captured.err and "1 of 2 inputs failed" in captured.err
     assert f"-> {out / faces[0][0].name}: {FRAMES} frames at {FPS} fps" in captured.out
